@@ -1,1 +1,17 @@
-pub fn x(){}
+//! weft's test harness: simulated hosts as network namespaces, each with its
+//! own ovsdb-server and ovs-vswitchd; containers as namespaces; plugins exec'd
+//! exactly as a runtime execs them. Everything is torn down on every exit path.
+
+pub mod cleanup;
+pub mod host;
+pub mod netns;
+pub mod ovs;
+pub mod runtime;
+
+pub use host::{Container, Host};
+pub use runtime::{Attach, Call, Network, Outcome};
+
+/// Fails loudly when not root: a root test that quietly passes tests nothing.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "these tests need root (network namespaces, OVS); run them as root");
+}

@@ -1,0 +1,173 @@
+//! The OVS side of an attachment: bridge, port, external_ids, and waiting for
+//! ovs-vswitchd, on top of the plans in `weft_ovsdb::plan`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_cni::error::{self, Error, Result};
+use weft_ovsdb::{plan, read_map, read_uuid, Client, OvsError, OvsErrorKind};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ovs_err(e: OvsError) -> Error {
+    let code = match e.kind {
+        OvsErrorKind::Timeout => error::OVS_PORT_FAILURE,
+        _ => error::OVSDB_FAILURE,
+    };
+    Error::new(code, e.msg)
+}
+
+/// A port weft made, as found again through its external_ids.
+#[derive(Debug, Clone)]
+pub struct FoundPort {
+    pub uuid: String,
+    pub name: String,
+    pub external_ids: Vec<(String, String)>,
+}
+
+impl FoundPort {
+    pub fn id(&self, key: &str) -> Option<&str> {
+        self.external_ids.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Ovs {
+    client: Client,
+}
+
+impl Ovs {
+    pub fn connect(socket: &Path) -> Result<Self> {
+        let client = Client::connect(socket, TIMEOUT).map_err(|e| Error::new(error::OVSDB_FAILURE, e.msg))?;
+        Ok(Ovs { client })
+    }
+
+    /// None when nothing listens on the socket: ovsdb-server is not running.
+    pub fn connect_if_running(socket: &Path) -> Result<Option<Self>> {
+        match Client::connect(socket, TIMEOUT) {
+            Ok(client) => Ok(Some(Ovs { client })),
+            Err(e) if e.kind == OvsErrorKind::Unreachable => {
+                tracing::warn!(error = %e, "OVSDB unreachable");
+                Ok(None)
+            }
+            Err(e) => Err(Error::new(error::OVSDB_FAILURE, e.msg)),
+        }
+    }
+
+    /// Attaches `port` to `bridge`, creating the bridge with `datapath_type`
+    /// when missing, and returns the bridge's actual datapath type once
+    /// ovs-vswitchd has opened the port.
+    pub fn attach(&mut self, bridge: &str, datapath_type: &str, port: &str, ids: &[(&str, &str)]) -> Result<String> {
+        let ops = plan::add_port(bridge, port, ids);
+        let mut tried_bridge = false;
+        let mut tried_stale = false;
+        let results = loop {
+            match self.client.transact_and_wait(&ops) {
+                Ok(r) => break r,
+                // The leading `wait` times out when the bridge does not exist yet.
+                Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("timed out") && !tried_bridge => {
+                    tried_bridge = true;
+                    self.create_bridge(bridge, datapath_type)?;
+                }
+                // A port row of the same name outlived its link (a crash between
+                // steps); its name is ours, derived from this container and ifname.
+                Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") && !tried_stale => {
+                    tried_stale = true;
+                    tracing::warn!(port, "removing a stale OVS port of the same name");
+                    self.detach(port)?;
+                }
+                Err(e) => return Err(ovs_err(e)),
+            }
+        };
+        let dp = results
+            .get(plan::ADD_PORT_BRIDGE_SELECT)
+            .and_then(|r| r["rows"].get(0))
+            .and_then(|row| row["datapath_type"].as_str())
+            .unwrap_or("")
+            .to_string();
+        self.port_healthy(port)?;
+        Ok(if dp.is_empty() { "system".into() } else { dp })
+    }
+
+    fn create_bridge(&mut self, bridge: &str, datapath_type: &str) -> Result<()> {
+        match self.client.transact_and_wait(&plan::create_bridge(bridge, datapath_type, &[("weft.bridge", "true")])) {
+            Ok(_) => Ok(()),
+            // Another ADD created it first: that is what we wanted.
+            Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") => Ok(()),
+            Err(e) => Err(ovs_err(e)),
+        }
+    }
+
+    /// ovs-vswitchd writes `error` or ofport -1 when it cannot use an interface.
+    pub fn port_healthy(&mut self, port: &str) -> Result<()> {
+        let r = self.client.transact(&plan::interface_state(port)).map_err(ovs_err)?;
+        let row = r.first().and_then(|r| r["rows"].get(0)).cloned().unwrap_or(Value::Null);
+        if let Some(msg) = row["error"].as_str() {
+            return Err(Error::new(error::OVS_PORT_FAILURE, format!("ovs-vswitchd cannot use {port}: {msg}")));
+        }
+        if row["ofport"].as_i64().is_none_or(|p| p < 1) {
+            return Err(Error::new(error::OVS_PORT_FAILURE, format!("ovs-vswitchd gave {port} no OpenFlow port")));
+        }
+        Ok(())
+    }
+
+    /// Removes the port named `port`; a missing port is success.
+    pub fn detach(&mut self, port: &str) -> Result<bool> {
+        let found = self.find(plan::find_port_by_name(port))?;
+        if found.is_empty() {
+            return Ok(false);
+        }
+        self.remove(&found)?;
+        Ok(true)
+    }
+
+    pub fn remove(&mut self, ports: &[FoundPort]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let uuids: Vec<String> = ports.iter().map(|p| p.uuid.clone()).collect();
+        self.client.transact_and_wait(&plan::remove_ports(&uuids)).map_err(ovs_err)?;
+        Ok(())
+    }
+
+    pub fn find_tagged(&mut self, ids: &[(&str, &str)]) -> Result<Vec<FoundPort>> {
+        self.find(plan::find_ports(ids))
+    }
+
+    pub fn find_by_name(&mut self, name: &str) -> Result<Option<FoundPort>> {
+        Ok(self.find(plan::find_port_by_name(name))?.into_iter().next())
+    }
+
+    fn find(&mut self, ops: Vec<Value>) -> Result<Vec<FoundPort>> {
+        let r = self.client.transact(&ops).map_err(ovs_err)?;
+        let rows = r.first().and_then(|r| r["rows"].as_array()).cloned().unwrap_or_default();
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                Some(FoundPort {
+                    uuid: read_uuid(&row["_uuid"])?.to_string(),
+                    name: row["name"].as_str()?.to_string(),
+                    external_ids: read_map(&row["external_ids"]),
+                })
+            })
+            .collect())
+    }
+
+    /// Is `port_uuid` one of `bridge`'s ports?
+    pub fn bridge_has_port(&mut self, bridge: &str, port_uuid: &str) -> Result<bool> {
+        let r = self.client.transact(&plan::port_state(bridge, "")).map_err(ovs_err)?;
+        let ports = &r.first().and_then(|r| r["rows"].get(0)).cloned().unwrap_or(Value::Null)["ports"];
+        // A set of one is sent bare as ["uuid", x]; larger ones as ["set", [...]].
+        let has = match read_uuid(ports) {
+            Some(u) => u == port_uuid,
+            None => ports.get(1).and_then(Value::as_array).is_some_and(|items| {
+                items.iter().any(|i| read_uuid(i) == Some(port_uuid))
+            }),
+        };
+        Ok(has)
+    }
+
+    pub fn ping(&mut self) -> Result<()> {
+        self.client.transact(&plan::ping()).map(|_| ()).map_err(ovs_err)
+    }
+}
