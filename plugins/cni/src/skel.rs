@@ -98,6 +98,9 @@ fn run(
     // The error document should speak the caller's version whenever it is readable.
     let probe_doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::decode("network config on stdin is not valid JSON").with_details(e))?;
+    if !probe_doc.is_object() {
+        return Err(Error::decode("network config on stdin is not a JSON object"));
+    }
     if let Some(v) = probe_doc.get("cniVersion").and_then(Value::as_str).filter(|v| version::is_supported(v)) {
         *reply_version = v.to_string();
     }
@@ -222,6 +225,8 @@ mod tests {
     fn errors_are_single_documents_with_codes() {
         let cases = [
             ("ADD", "{", 6),
+            ("ADD", "[1]", 6),
+            ("ADD", "", 6),
             ("ADD", r#"{"cniVersion":"0.2.0","name":"n","type":"weft"}"#, 1),
             ("GC", r#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#, 1),
             ("STATUS", r#"{"cniVersion":"0.4.0","name":"n","type":"weft"}"#, 1),
