@@ -29,7 +29,10 @@ pub struct Token(u64);
 pub fn register(r: Resource) -> Token {
     init();
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push((id, r));
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, r));
     Token(id)
 }
 
@@ -37,7 +40,9 @@ impl Drop for Token {
     fn drop(&mut self) {
         let taken = {
             let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-            reg.iter().position(|(id, _)| *id == self.0).map(|i| reg.remove(i).1)
+            reg.iter()
+                .position(|(id, _)| *id == self.0)
+                .map(|i| reg.remove(i).1)
         };
         if let Some(r) = taken {
             teardown(&r);
@@ -72,7 +77,9 @@ fn teardown(r: &Resource) {
     match r {
         Resource::Process(pid) => stop_pid(*pid),
         Resource::Netns(name) => {
-            let _ = std::process::Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .status();
         }
         Resource::Dir(path) => {
             let _ = std::fs::remove_dir_all(path);
@@ -123,7 +130,9 @@ pub fn sweep_stale() {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if owner_pid(&n).is_some_and(|p| !pid_alive(p)) {
-                let _ = std::process::Command::new("ip").args(["netns", "del", &n]).status();
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &n])
+                    .status();
             }
         }
     }
@@ -131,7 +140,10 @@ pub fn sweep_stale() {
     if let Ok(entries) = std::fs::read_dir(&tmp) {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            let Some(owner) = n.strip_prefix("weft-harness-").and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
+            let Some(owner) = n
+                .strip_prefix("weft-harness-")
+                .and_then(|r| r.split('-').next()?.parse::<i32>().ok())
+            else {
                 continue;
             };
             if pid_alive(owner) {
@@ -146,13 +158,18 @@ pub fn sweep_stale() {
 /// Stops the processes whose pid files lie under `dir`, if they still run one
 /// of the programs we start (a recycled pid must not be killed).
 fn kill_pidfiles(dir: &Path) {
-    let Ok(walk) = std::fs::read_dir(dir) else { return };
+    let Ok(walk) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in walk.flatten() {
         let path = e.path();
         if path.is_dir() {
             kill_pidfiles(&path);
         } else if path.extension().is_some_and(|x| x == "pid") {
-            let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+            let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            else {
                 continue;
             };
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -21,7 +21,10 @@ impl ScratchDir {
             .tempdir()
             .context("creating scratch dir")?
             .keep();
-        Ok(ScratchDir { _token: cleanup::register(Resource::Dir(path.clone())), path })
+        Ok(ScratchDir {
+            _token: cleanup::register(Resource::Dir(path.clone())),
+            path,
+        })
     }
 }
 
@@ -38,7 +41,12 @@ impl Host {
         let dir = ScratchDir::new(label)?;
         let netns = Netns::new(label)?;
         let ovs = Ovs::start(&dir.path, &netns)?;
-        Ok(Host { label: label.to_string(), ovs, netns, dir })
+        Ok(Host {
+            label: label.to_string(),
+            ovs,
+            netns,
+            dir,
+        })
     }
 
     pub fn db_sock(&self) -> &Path {
@@ -65,7 +73,12 @@ impl Host {
 
     /// The veths weft made on this host (host ends are named wft + hash).
     pub fn weft_links(&self) -> Result<Vec<String>> {
-        Ok(self.netns.links()?.into_iter().filter(|l| l.starts_with("wft")).collect())
+        Ok(self
+            .netns
+            .links()?
+            .into_iter()
+            .filter(|l| l.starts_with("wft"))
+            .collect())
     }
 }
 
@@ -87,7 +100,10 @@ impl Container {
 
     /// IPv4 address of `ifname`, if it has one.
     pub fn ipv4(&self, ifname: &str) -> Option<String> {
-        let out = self.netns.ok(&["ip", "-j", "-4", "addr", "show", "dev", ifname]).ok()?;
+        let out = self
+            .netns
+            .ok(&["ip", "-j", "-4", "addr", "show", "dev", ifname])
+            .ok()?;
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v[0]["addr_info"][0]["local"].as_str().map(String::from)
     }
@@ -95,6 +111,7 @@ impl Container {
 
 fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
     u32::from_le_bytes(b)
 }

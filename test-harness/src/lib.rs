@@ -2,7 +2,11 @@
 //! own ovsdb-server and ovs-vswitchd; containers as namespaces; plugins exec'd
 //! exactly as a runtime execs them. Everything is torn down on every exit path.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
+
+pub mod bench;
 pub mod cleanup;
+pub mod demo;
 pub mod host;
 pub mod netns;
 pub mod ovs;
@@ -13,5 +17,8 @@ pub use runtime::{Attach, Call, Network, Outcome};
 
 /// Fails loudly when not root: a root test that quietly passes tests nothing.
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "these tests need root (network namespaces, OVS); run them as root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (network namespaces, OVS); run them as root"
+    );
 }

@@ -19,7 +19,10 @@ pub struct Netns {
 impl Netns {
     pub fn new(label: &str) -> Result<Self> {
         let name = cleanup::name(label);
-        let st = Command::new("ip").args(["netns", "add", &name]).status().context("running ip netns add")?;
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .context("running ip netns add")?;
         if !st.success() {
             bail!("ip netns add {name} failed");
         }
@@ -34,7 +37,8 @@ impl Netns {
 
     /// A command that runs inside this namespace (setns between fork and exec).
     pub fn command(&self, program: &str) -> Result<Command> {
-        let file = File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
         let mut cmd = Command::new(program);
         // SAFETY: only async-signal-safe calls between fork and exec; the fd
         // stays open because the closure owns the File.
@@ -51,14 +55,21 @@ impl Netns {
 
     pub fn exec(&self, argv: &[&str]) -> Result<Output> {
         let (prog, rest) = argv.split_first().context("empty argv")?;
-        self.command(prog)?.args(rest).output().with_context(|| format!("running {argv:?} in {}", self.name))
+        self.command(prog)?
+            .args(rest)
+            .output()
+            .with_context(|| format!("running {argv:?} in {}", self.name))
     }
 
     /// Runs and insists on success; returns stdout.
     pub fn ok(&self, argv: &[&str]) -> Result<String> {
         let out = self.exec(argv)?;
         if !out.status.success() {
-            bail!("{argv:?} in {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{argv:?} in {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
@@ -68,11 +79,17 @@ impl Netns {
         let out = self.ok(&["ip", "-j", "link", "show"])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l["ifname"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
     pub fn ping(&self, addr: &str) -> bool {
-        self.exec(&["ping", "-c", "1", "-W", "2", addr]).map(|o| o.status.success()).unwrap_or(false)
+        self.exec(&["ping", "-c", "1", "-W", "2", addr])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 }

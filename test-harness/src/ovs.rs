@@ -22,7 +22,10 @@ fn ovs_env(cmd: &mut Command, dir: &Path) {
     for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
         cmd.env(var, dir);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
 }
 
 use std::os::unix::process::CommandExt;
@@ -42,14 +45,23 @@ impl Ovs {
     pub fn start(dir: &Path, host: &Netns) -> Result<Self> {
         let db = dir.join("conf.db");
         let st = Command::new("ovsdb-tool")
-            .args(["create", &db.to_string_lossy(), "/usr/share/openvswitch/vswitch.ovsschema"])
+            .args([
+                "create",
+                &db.to_string_lossy(),
+                "/usr/share/openvswitch/vswitch.ovsschema",
+            ])
             .status()
             .context("ovsdb-tool (is openvswitch-switch installed?)")?;
         if !st.success() {
             bail!("ovsdb-tool create failed");
         }
         let db_sock = dir.join("db.sock");
-        let mut ovs = Ovs { dir: dir.to_path_buf(), db_sock, vswitchd: None, ovsdb: None };
+        let mut ovs = Ovs {
+            dir: dir.to_path_buf(),
+            db_sock,
+            vswitchd: None,
+            ovsdb: None,
+        };
         ovs.start_ovsdb()?;
         ovs.vsctl(&["--no-wait", "init"])?;
 
@@ -111,16 +123,28 @@ impl Ovs {
             .output()
             .context("running ovs-vsctl")?;
         if !out.status.success() {
-            bail!("ovs-vsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "ovs-vsctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// (port name, external_ids) of every port except bridges' own.
     pub fn ports(&self) -> Result<Vec<(String, serde_json::Value)>> {
-        let out = self.vsctl(&["--format=json", "--columns=name,external_ids", "list", "Port"])?;
+        let out = self.vsctl(&[
+            "--format=json",
+            "--columns=name,external_ids",
+            "list",
+            "Port",
+        ])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        let bridges: Vec<String> = self.vsctl(&["list-br"])?.lines().map(String::from).collect();
+        let bridges: Vec<String> = self
+            .vsctl(&["list-br"])?
+            .lines()
+            .map(String::from)
+            .collect();
         Ok(v["data"]
             .as_array()
             .map(|rows| {

@@ -67,7 +67,11 @@ impl Outcome {
         if self.success {
             return Ok(self.json.clone().unwrap_or(Value::Null));
         }
-        bail!("plugin failed: {} (stderr: {})", self.stdout.trim(), self.stderr.trim())
+        bail!(
+            "plugin failed: {} (stderr: {})",
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
     }
 }
 
@@ -78,9 +82,13 @@ pub fn exec_raw(host: &Netns, bin: &Path, env: &[(&str, String)], stdin: &[u8]) 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("exec {}", bin.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("exec {}", bin.display()))?;
     if let Some(mut pipe) = child.stdin.take() {
         let _ = pipe.write_all(stdin);
     }
@@ -88,7 +96,13 @@ pub fn exec_raw(host: &Netns, bin: &Path, env: &[(&str, String)], stdin: &[u8]) 
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let json = serde_json::from_str(stdout.trim()).ok();
-    Ok(Outcome { success: out.status.success(), stdout, stderr: String::from_utf8_lossy(&out.stderr).to_string(), json, elapsed })
+    Ok(Outcome {
+        success: out.status.success(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        json,
+        elapsed,
+    })
 }
 
 /// One plugin call's CNI parameters.
@@ -106,7 +120,12 @@ impl Call<'_> {
         let mut env = vec![
             ("CNI_COMMAND", self.command.to_string()),
             ("CNI_CONTAINERID", self.container_id.to_string()),
-            ("CNI_NETNS", self.netns.map(|p| p.display().to_string()).unwrap_or_default()),
+            (
+                "CNI_NETNS",
+                self.netns
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
             ("CNI_IFNAME", self.ifname.to_string()),
             ("CNI_PATH", cni_path()),
         ];
@@ -118,7 +137,12 @@ impl Call<'_> {
 }
 
 pub fn exec(host: &Netns, plugin: &str, call: &Call, config: &Value) -> Result<Outcome> {
-    exec_raw(host, &plugin_bin(plugin)?, &call.env(), config.to_string().as_bytes())
+    exec_raw(
+        host,
+        &plugin_bin(plugin)?,
+        &call.env(),
+        config.to_string().as_bytes(),
+    )
 }
 
 /// A conflist, run the way libcni runs one.
@@ -145,10 +169,17 @@ impl Network {
                 .iter()
                 .filter_map(Value::as_str)
                 .filter(|v| OUR_VERSIONS.contains(v))
-                .max_by_key(|v| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>())
+                .max_by_key(|v| {
+                    v.split('.')
+                        .map(|p| p.parse::<u32>().unwrap_or(0))
+                        .collect::<Vec<_>>()
+                })
                 .map(String::from)
                 .context("no common version in cniVersions")?,
-            None => conflist["cniVersion"].as_str().context("conflist has no cniVersion")?.to_string(),
+            None => conflist["cniVersion"]
+                .as_str()
+                .context("conflist has no cniVersion")?
+                .to_string(),
         };
         Ok(Network { conflist, version })
     }
@@ -158,20 +189,35 @@ impl Network {
     }
 
     fn plugins(&self) -> Vec<Value> {
-        self.conflist["plugins"].as_array().cloned().unwrap_or_default()
+        self.conflist["plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
-    fn plugin_conf(&self, plugin: &Value, prev: Option<&Value>, rc: Option<&Value>, extra: &Value) -> Value {
+    fn plugin_conf(
+        &self,
+        plugin: &Value,
+        prev: Option<&Value>,
+        rc: Option<&Value>,
+        extra: &Value,
+    ) -> Value {
         let mut conf = plugin.clone();
         conf["cniVersion"] = self.version.clone().into();
         conf["name"] = self.conflist["name"].clone();
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
-        if let (Some(rc), Some(caps)) = (rc, plugin.get("capabilities").and_then(Value::as_object)) {
+        if let (Some(rc), Some(caps)) = (rc, plugin.get("capabilities").and_then(Value::as_object))
+        {
             let picked: serde_json::Map<String, Value> = rc
                 .as_object()
-                .map(|m| m.iter().filter(|(k, _)| caps.get(*k) == Some(&Value::Bool(true))).map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| caps.get(*k) == Some(&Value::Bool(true)))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             if !picked.is_empty() {
                 conf["runtimeConfig"] = Value::Object(picked);
@@ -185,7 +231,15 @@ impl Network {
         conf
     }
 
-    fn run_chain(&self, host: &Host, command: &str, call: &Call, prev: Option<Value>, opts: &Attach, reverse: bool) -> Result<(Option<Value>, Vec<Outcome>)> {
+    fn run_chain(
+        &self,
+        host: &Host,
+        command: &str,
+        call: &Call,
+        prev: Option<Value>,
+        opts: &Attach,
+        reverse: bool,
+    ) -> Result<(Option<Value>, Vec<Outcome>)> {
         let mut plugins = self.plugins();
         if reverse {
             plugins.reverse();
@@ -194,8 +248,12 @@ impl Network {
         let mut outs = Vec::new();
         for p in &plugins {
             let ty = p["type"].as_str().context("plugin without type")?;
-            let conf = self.plugin_conf(p, prev.as_ref(), opts.runtime_config.as_ref(), &Value::Null);
-            let call = Call { command, ..call.clone() };
+            let conf =
+                self.plugin_conf(p, prev.as_ref(), opts.runtime_config.as_ref(), &Value::Null);
+            let call = Call {
+                command,
+                ..call.clone()
+            };
             let out = exec(&host.netns, ty, &call, &conf)?;
             if !out.success {
                 outs.push(out);
@@ -210,29 +268,92 @@ impl Network {
     }
 
     /// ADD through the chain; Ok(Err(outcome)) when a plugin refused.
-    pub fn add(&self, host: &Host, c: &Container, ifname: &str, opts: &Attach) -> Result<Result<Value, Outcome>> {
-        let call = Call { command: "ADD", container_id: &c.id, netns: Some(c.path()), ifname, args: opts.args };
+    pub fn add(
+        &self,
+        host: &Host,
+        c: &Container,
+        ifname: &str,
+        opts: &Attach,
+    ) -> Result<Result<Value, Outcome>> {
+        Ok(self.add_timed(host, c, ifname, opts)?.0)
+    }
+
+    /// ADD, with the time the chain's plugins took, as a runtime would see it.
+    pub fn add_timed(
+        &self,
+        host: &Host,
+        c: &Container,
+        ifname: &str,
+        opts: &Attach,
+    ) -> Result<(Result<Value, Outcome>, Duration)> {
+        let call = Call {
+            command: "ADD",
+            container_id: &c.id,
+            netns: Some(c.path()),
+            ifname,
+            args: opts.args,
+        };
         let (result, outs) = self.run_chain(host, "ADD", &call, None, opts, false)?;
+        let took = outs.iter().map(|o| o.elapsed).sum();
         match result {
-            Some(r) => Ok(Ok(r)),
-            None => Ok(Err(outs.into_iter().last().context("no plugin ran")?)),
+            Some(r) => Ok((Ok(r), took)),
+            None => Ok((Err(outs.into_iter().last().context("no plugin ran")?), took)),
         }
     }
 
-    pub fn del(&self, host: &Host, container_id: &str, netns: Option<&Path>, ifname: &str, prev: Option<&Value>) -> Result<Outcome> {
-        let call = Call { command: "DEL", container_id, netns, ifname, args: None };
-        let (_, outs) = self.run_chain(host, "DEL", &call, prev.cloned(), &Attach::default(), true)?;
-        outs.into_iter().find(|o| !o.success).map(Ok).unwrap_or_else(|| Ok(success()))
+    pub fn del(
+        &self,
+        host: &Host,
+        container_id: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+        prev: Option<&Value>,
+    ) -> Result<Outcome> {
+        let call = Call {
+            command: "DEL",
+            container_id,
+            netns,
+            ifname,
+            args: None,
+        };
+        let (_, outs) =
+            self.run_chain(host, "DEL", &call, prev.cloned(), &Attach::default(), true)?;
+        let took = outs.iter().map(|o| o.elapsed).sum();
+        let mut out = outs
+            .into_iter()
+            .find(|o| !o.success)
+            .unwrap_or_else(success);
+        out.elapsed = took;
+        Ok(out)
     }
 
     pub fn check(&self, host: &Host, c: &Container, ifname: &str, prev: &Value) -> Result<Outcome> {
-        let call = Call { command: "CHECK", container_id: &c.id, netns: Some(c.path()), ifname, args: None };
-        let (_, outs) = self.run_chain(host, "CHECK", &call, Some(prev.clone()), &Attach::default(), false)?;
-        outs.into_iter().find(|o| !o.success).map(Ok).unwrap_or_else(|| Ok(success()))
+        let call = Call {
+            command: "CHECK",
+            container_id: &c.id,
+            netns: Some(c.path()),
+            ifname,
+            args: None,
+        };
+        let (_, outs) = self.run_chain(
+            host,
+            "CHECK",
+            &call,
+            Some(prev.clone()),
+            &Attach::default(),
+            false,
+        )?;
+        outs.into_iter()
+            .find(|o| !o.success)
+            .map(Ok)
+            .unwrap_or_else(|| Ok(success()))
     }
 
     pub fn gc(&self, host: &Host, valid: &[(&str, &str)]) -> Result<Outcome> {
-        let list: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
+        let list: Vec<Value> = valid
+            .iter()
+            .map(|(c, i)| json!({"containerID": c, "ifname": i}))
+            .collect();
         let extra = json!({"cni.dev/valid-attachments": list});
         self.simple(host, "GC", &extra)
     }
@@ -245,8 +366,16 @@ impl Network {
         for p in self.plugins() {
             let ty = p["type"].as_str().context("plugin without type")?;
             let conf = self.plugin_conf(&p, None, None, extra);
-            let env = vec![("CNI_COMMAND", command.to_string()), ("CNI_PATH", cni_path())];
-            let out = exec_raw(&host.netns, &plugin_bin(ty)?, &env, conf.to_string().as_bytes())?;
+            let env = vec![
+                ("CNI_COMMAND", command.to_string()),
+                ("CNI_PATH", cni_path()),
+            ];
+            let out = exec_raw(
+                &host.netns,
+                &plugin_bin(ty)?,
+                &env,
+                conf.to_string().as_bytes(),
+            )?;
             if !out.success {
                 return Ok(out);
             }
@@ -256,7 +385,13 @@ impl Network {
 }
 
 fn success() -> Outcome {
-    Outcome { success: true, stdout: String::new(), stderr: String::new(), json: None, elapsed: Duration::ZERO }
+    Outcome {
+        success: true,
+        stdout: String::new(),
+        stderr: String::new(),
+        json: None,
+        elapsed: Duration::ZERO,
+    }
 }
 
 /// A single-plugin weft conflist for `host`, with host-local IPAM in `subnet`.
@@ -265,11 +400,26 @@ pub fn weft_network(host: &Host, name: &str, version: &str, subnet: &str) -> Net
         "cniVersion": version, "name": name,
         "plugins": [weft_plugin(host, subnet)]
     });
-    Network { conflist, version: version.to_string() }
+    Network {
+        conflist,
+        version: version.to_string(),
+    }
 }
 
 pub fn weft_plugin(host: &Host, subnet: &str) -> Value {
     json!({"type": "weft", "bridge": "br-weft", "ovsdbSocket": host.db_sock(), "logLevel": "debug",
            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": host.ipam_dir()}})
+}
+
+/// An OVSDB map as `ovs-vsctl --format=json` prints it, as key -> value.
+pub fn flatten_ids(v: &Value) -> std::collections::BTreeMap<String, String> {
+    v[1].as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }

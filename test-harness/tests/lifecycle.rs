@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
 //! The full cycle on one host, for every cniVersion weft speaks: ADD two
 //! containers, ping between them through OVS, CHECK, DEL, nothing left.
 
@@ -5,26 +6,56 @@ use weft_harness::runtime::weft_network;
 use weft_harness::{require_root, Attach, Container, Host};
 
 fn assert_clean(host: &Host, network: &str) {
-    assert_eq!(host.weft_links().unwrap(), Vec::<String>::new(), "veths left on the host");
+    assert_eq!(
+        host.weft_links().unwrap(),
+        Vec::<String>::new(),
+        "veths left on the host"
+    );
     assert_eq!(host.ovs.ports().unwrap(), vec![], "OVS ports left");
-    assert_eq!(host.ipam_reservations(network), Vec::<String>::new(), "IPAM reservations left");
+    assert_eq!(
+        host.ipam_reservations(network),
+        Vec::<String>::new(),
+        "IPAM reservations left"
+    );
 }
 
 #[test]
 fn add_ping_check_del_every_version() {
     require_root();
     let host = Host::new("life").unwrap();
-    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
         let net = weft_network(&host, "life", version, &format!("10.{}.0.0/24", 60 + i));
         let a = Container::new(&format!("a{i}")).unwrap();
         let b = Container::new(&format!("b{i}")).unwrap();
-        let ra = net.add(&host, &a, "eth0", &Attach::default()).unwrap().expect("ADD a");
-        let rb = net.add(&host, &b, "eth0", &Attach::default()).unwrap().expect("ADD b");
+        let ra = net
+            .add(&host, &a, "eth0", &Attach::default())
+            .unwrap()
+            .expect("ADD a");
+        let rb = net
+            .add(&host, &b, "eth0", &Attach::default())
+            .unwrap()
+            .expect("ADD b");
         assert_eq!(ra["cniVersion"], *version);
-        assert_eq!(ra["ips"][0].get("version").is_some(), version.starts_with('0'), "{version}: {ra}");
-        assert_eq!(ra["interfaces"][1]["sandbox"], a.path().display().to_string());
+        assert_eq!(
+            ra["ips"][0].get("version").is_some(),
+            version.starts_with('0'),
+            "{version}: {ra}"
+        );
+        assert_eq!(
+            ra["interfaces"][1]["sandbox"],
+            a.path().display().to_string()
+        );
 
-        let ip_b = rb["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+        let ip_b = rb["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
         assert!(a.netns.ping(&ip_b), "{version}: a cannot ping b at {ip_b}");
 
         if *version != "0.3.0" && *version != "0.3.1" {
@@ -32,7 +63,9 @@ fn add_ping_check_del_every_version() {
             assert!(out.success, "{version}: CHECK failed: {}", out.stdout);
         }
         for (c, r) in [(&a, &ra), (&b, &rb)] {
-            let out = net.del(&host, &c.id, Some(c.path()), "eth0", Some(r)).unwrap();
+            let out = net
+                .del(&host, &c.id, Some(c.path()), "eth0", Some(r))
+                .unwrap();
             assert!(out.success, "{version}: DEL failed: {}", out.stdout);
         }
         assert_clean(&host, "life");
@@ -48,21 +81,49 @@ fn tcp_transfer_between_containers() {
     let net = weft_network(&host, "tcp", "1.0.0", "10.79.0.0/24");
     let a = Container::new("ta").unwrap();
     let b = Container::new("tb").unwrap();
-    net.add(&host, &a, "eth0", &Attach::default()).unwrap().unwrap();
-    let rb = net.add(&host, &b, "eth0", &Attach::default()).unwrap().unwrap();
-    let ip_b = rb["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
-    let mut server = b.netns.command("iperf3").unwrap().args(["-s", "-1", "-B", &ip_b]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    net.add(&host, &a, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    let rb = net
+        .add(&host, &b, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    let ip_b = rb["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut server = b
+        .netns
+        .command("iperf3")
+        .unwrap()
+        .args(["-s", "-1", "-B", &ip_b])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = a.netns.exec(&["timeout", "30", "iperf3", "-c", &ip_b, "-n", "20M", "-J"]).unwrap();
+    let out = a
+        .netns
+        .exec(&["timeout", "30", "iperf3", "-c", &ip_b, "-n", "20M", "-J"])
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
-    assert!(out.status.success(), "iperf3 failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "iperf3 failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // The client's "received" figure is sampled before the server drains, so
     // check what was sent; a broken checksum path stalls the stream instead.
     let sent = doc["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
     let received = doc["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-    assert!(sent >= 20 * 1024 * 1024 && received > 0, "sent {sent}, received {received}");
+    assert!(
+        sent >= 20 * 1024 * 1024 && received > 0,
+        "sent {sent}, received {received}"
+    );
 }
 
 /// podman sends static IP and MAC in CNI_ARGS; kubelet-style runtimes send
@@ -76,17 +137,42 @@ fn static_ip_and_mac_from_cni_args_and_runtime_config() {
 
     let podman = Container::new("sp").unwrap();
     let args = "IgnoreUnknown=1;IP=10.80.0.50;MAC=0a:58:0a:50:00:32;K8S_POD_NAME=web;K8S_POD_NAMESPACE=shop";
-    let r = net.add(&host, &podman, "eth0", &Attach { args: Some(args), ..Default::default() }).unwrap().unwrap();
+    let r = net
+        .add(
+            &host,
+            &podman,
+            "eth0",
+            &Attach {
+                args: Some(args),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
     assert_eq!(r["ips"][0]["address"], "10.80.0.50/24");
     assert_eq!(r["interfaces"][1]["mac"], "0a:58:0a:50:00:32");
     assert_eq!(podman.ipv4("eth0").as_deref(), Some("10.80.0.50"));
     let ports = host.ovs.ports().unwrap();
     let ids = ports[0].1.to_string();
-    assert!(ids.contains("web") && ids.contains("shop"), "pod name/namespace in external_ids: {ids}");
+    assert!(
+        ids.contains("web") && ids.contains("shop"),
+        "pod name/namespace in external_ids: {ids}"
+    );
 
     let kube = Container::new("sk").unwrap();
     let rc = serde_json::json!({"ips": ["10.80.0.51/24"], "mac": "0a:58:0a:50:00:33"});
-    let r = net.add(&host, &kube, "eth0", &Attach { runtime_config: Some(rc), ..Default::default() }).unwrap().unwrap();
+    let r = net
+        .add(
+            &host,
+            &kube,
+            "eth0",
+            &Attach {
+                runtime_config: Some(rc),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
     assert_eq!(r["ips"][0]["address"], "10.80.0.51/24");
     assert_eq!(r["interfaces"][1]["mac"], "0a:58:0a:50:00:33");
     assert!(podman.netns.ping("10.80.0.51"));

@@ -40,10 +40,13 @@ pub fn valid_network_name(name: &str) -> bool {
 
 impl NetConf {
     pub fn parse(bytes: &[u8], cni_version: String) -> Result<Self> {
-        let raw: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::decode("network config on stdin is not valid JSON").with_details(e))?;
+        let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::decode("network config on stdin is not valid JSON").with_details(e)
+        })?;
         if !raw.is_object() {
-            return Err(Error::decode("network config on stdin is not a JSON object"));
+            return Err(Error::decode(
+                "network config on stdin is not a JSON object",
+            ));
         }
         let name = str_field(&raw, "name")?;
         if !valid_network_name(&name) {
@@ -54,35 +57,55 @@ impl NetConf {
         let plugin_type = str_field(&raw, "type")?;
         let prev_result = match raw.get("prevResult") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(CniResult::from_value(v).map_err(|e| Error::decode(format!("prevResult: {}", e.msg)).with_details(e.details))?),
+            Some(v) => Some(CniResult::from_value(v).map_err(|e| {
+                Error::decode(format!("prevResult: {}", e.msg)).with_details(e.details)
+            })?),
         };
 
         let mut requested_ips = Vec::new();
-        let mut ip_lists = vec![raw.pointer("/runtimeConfig/ips"), raw.pointer("/args/cni/ips")];
+        let mut ip_lists = vec![
+            raw.pointer("/runtimeConfig/ips"),
+            raw.pointer("/args/cni/ips"),
+        ];
         for list in ip_lists.drain(..).flatten() {
-            let items = list.as_array().ok_or_else(|| Error::config("runtimeConfig.ips / args.cni.ips must be a list"))?;
+            let items = list
+                .as_array()
+                .ok_or_else(|| Error::config("runtimeConfig.ips / args.cni.ips must be a list"))?;
             for item in items {
                 requested_ips.push(parse_ip_item(item)?);
             }
         }
-        let requested_mac = match raw.pointer("/runtimeConfig/mac").or(raw.pointer("/args/cni/mac")) {
+        let requested_mac = match raw
+            .pointer("/runtimeConfig/mac")
+            .or(raw.pointer("/args/cni/mac"))
+        {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(
-                Mac::parse(s)
-                    .filter(Mac::is_unicast)
-                    .ok_or_else(|| Error::config(format!("runtimeConfig.mac {s:?} is not a unicast MAC address")))?,
-            ),
+            Some(Value::String(s)) => {
+                Some(Mac::parse(s).filter(Mac::is_unicast).ok_or_else(|| {
+                    Error::config(format!(
+                        "runtimeConfig.mac {s:?} is not a unicast MAC address"
+                    ))
+                })?)
+            }
             Some(_) => return Err(Error::config("runtimeConfig.mac must be a string")),
         };
         let valid_attachments = match raw.get("cni.dev/valid-attachments") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value(v.clone())
-                    .map_err(|e| Error::config("cni.dev/valid-attachments is malformed").with_details(e))?,
-            ),
+            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+                Error::config("cni.dev/valid-attachments is malformed").with_details(e)
+            })?),
         };
-        Ok(NetConf { cni_version, name, plugin_type, prev_result, requested_ips, requested_mac, valid_attachments, raw })
+        Ok(NetConf {
+            cni_version,
+            name,
+            plugin_type,
+            prev_result,
+            requested_ips,
+            requested_mac,
+            valid_attachments,
+            raw,
+        })
     }
 }
 
@@ -96,9 +119,15 @@ fn str_field(raw: &Value, key: &str) -> Result<String> {
 
 /// runtimeConfig ips are CIDRs ("10.0.0.5/24"); bare addresses are accepted too.
 fn parse_ip_item(item: &Value) -> Result<IpAddr> {
-    let s = item.as_str().ok_or_else(|| Error::config("runtimeConfig.ips entries must be strings"))?;
+    let s = item
+        .as_str()
+        .ok_or_else(|| Error::config("runtimeConfig.ips entries must be strings"))?;
     let addr = s.split('/').next().unwrap_or(s);
-    addr.parse().map_err(|_| Error::config(format!("runtimeConfig.ips entry {s:?} is not an IP address")))
+    addr.parse().map_err(|_| {
+        Error::config(format!(
+            "runtimeConfig.ips entry {s:?} is not an IP address"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -124,14 +153,34 @@ mod tests {
     fn bad_configs_have_codes() {
         assert_eq!(NetConf::parse(b"{", "1.0.0".into()).unwrap_err().code, 6);
         assert_eq!(NetConf::parse(b"[]", "1.0.0".into()).unwrap_err().code, 6);
-        assert_eq!(NetConf::parse(br#"{"type":"weft"}"#, "1.0.0".into()).unwrap_err().code, 7);
-        assert_eq!(NetConf::parse(br#"{"name":"a b","type":"weft"}"#, "1.0.0".into()).unwrap_err().code, 7);
         assert_eq!(
-            NetConf::parse(br#"{"name":"n","type":"weft","runtimeConfig":{"mac":"zz"}}"#, "1.0.0".into()).unwrap_err().code,
+            NetConf::parse(br#"{"type":"weft"}"#, "1.0.0".into())
+                .unwrap_err()
+                .code,
             7
         );
         assert_eq!(
-            NetConf::parse(br#"{"name":"n","type":"weft","prevResult":{"ips":5}}"#, "1.0.0".into()).unwrap_err().code,
+            NetConf::parse(br#"{"name":"a b","type":"weft"}"#, "1.0.0".into())
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            NetConf::parse(
+                br#"{"name":"n","type":"weft","runtimeConfig":{"mac":"zz"}}"#,
+                "1.0.0".into()
+            )
+            .unwrap_err()
+            .code,
+            7
+        );
+        assert_eq!(
+            NetConf::parse(
+                br#"{"name":"n","type":"weft","prevResult":{"ips":5}}"#,
+                "1.0.0".into()
+            )
+            .unwrap_err()
+            .code,
             6
         );
     }

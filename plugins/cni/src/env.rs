@@ -46,7 +46,11 @@ impl Mac {
 impl std::fmt::Display for Mac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -78,7 +82,9 @@ impl CniArgs {
                 }
                 "MAC" => {
                     let mac = Mac::parse(value).filter(Mac::is_unicast).ok_or_else(|| {
-                        Error::env(format!("CNI_ARGS: MAC={value:?} is not a unicast MAC address"))
+                        Error::env(format!(
+                            "CNI_ARGS: MAC={value:?} is not a unicast MAC address"
+                        ))
                     })?;
                     args.mac = Some(mac);
                 }
@@ -136,7 +142,10 @@ pub fn valid_ifname(name: &str) -> std::result::Result<(), &'static str> {
     if name == "." || name == ".." {
         return Err("is . or ..");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err("contains '/', ':' or whitespace");
     }
     Ok(())
@@ -152,7 +161,8 @@ impl Env {
         let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         let require = |k: &str| {
-            nonempty(k).ok_or_else(|| Error::env(format!("{k} is required for {}", command.as_str())))
+            nonempty(k)
+                .ok_or_else(|| Error::env(format!("{k} is required for {}", command.as_str())))
         };
 
         let container_id = if needs_attachment {
@@ -169,8 +179,7 @@ impl Env {
 
         let ifname = if needs_attachment {
             let name = require("CNI_IFNAME")?;
-            valid_ifname(&name)
-                .map_err(|why| Error::env(format!("CNI_IFNAME {name:?} {why}")))?;
+            valid_ifname(&name).map_err(|why| Error::env(format!("CNI_IFNAME {name:?} {why}")))?;
             Some(name)
         } else {
             None
@@ -187,10 +196,18 @@ impl Env {
         }
 
         let path: Vec<PathBuf> = nonempty("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         if path.is_empty() && command != Command::Version {
-            return Err(Error::env(format!("CNI_PATH is required for {}", command.as_str())));
+            return Err(Error::env(format!(
+                "CNI_PATH is required for {}",
+                command.as_str()
+            )));
         }
 
         let args = match nonempty("CNI_ARGS") {
@@ -198,7 +215,14 @@ impl Env {
             None => CniArgs::default(),
         };
 
-        Ok(Env { command, container_id, netns, ifname, args, path })
+        Ok(Env {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+            path,
+        })
     }
 
     pub fn container_id(&self) -> &str {
@@ -219,7 +243,10 @@ impl NetnsProbe for KernelNetnsProbe {
         let shown = path.display();
         let file = std::fs::File::open(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(crate::error::UNKNOWN_CONTAINER, format!("CNI_NETNS {shown} does not exist"))
+                Error::new(
+                    crate::error::UNKNOWN_CONTAINER,
+                    format!("CNI_NETNS {shown} does not exist"),
+                )
             } else {
                 Error::env(format!("CNI_NETNS {shown} cannot be opened")).with_details(e)
             }
@@ -229,7 +256,9 @@ impl NetnsProbe for KernelNetnsProbe {
         // SAFETY: the fd is open for the whole call and the ioctl takes no argument.
         let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
         if kind != libc::CLONE_NEWNET {
-            return Err(Error::env(format!("CNI_NETNS {shown} is not a network namespace")));
+            return Err(Error::env(format!(
+                "CNI_NETNS {shown} is not a network namespace"
+            )));
         }
         Ok(())
     }
@@ -248,8 +277,10 @@ mod tests {
     }
 
     fn read(cmd: Command, vars: &[(&str, &str)]) -> Result<Env> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::read(cmd, &|k| map.get(k).cloned(), &AnyNetns)
     }
 
@@ -294,7 +325,11 @@ mod tests {
 
     #[test]
     fn del_does_not_need_netns() {
-        let vars: Vec<_> = FULL.iter().filter(|(k, _)| *k != "CNI_NETNS").cloned().collect();
+        let vars: Vec<_> = FULL
+            .iter()
+            .filter(|(k, _)| *k != "CNI_NETNS")
+            .cloned()
+            .collect();
         assert!(read(Command::Del, &vars).unwrap().netns.is_none());
     }
 

@@ -63,7 +63,10 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_none()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 }
 
@@ -93,16 +96,24 @@ impl CniResult {
         let mut doc = serde_json::to_value(self).unwrap_or_default();
         if !v.has_1_1_fields() {
             if let Some(ifaces) = doc["interfaces"].as_array_mut() {
-                ifaces.iter_mut().for_each(|i| strip(i, &["mtu", "socketPath", "pciID"]));
+                ifaces
+                    .iter_mut()
+                    .for_each(|i| strip(i, &["mtu", "socketPath", "pciID"]));
             }
             if let Some(routes) = doc["routes"].as_array_mut() {
-                routes.iter_mut().for_each(|r| strip(r, &["mtu", "advmss", "priority", "table", "scope"]));
+                routes
+                    .iter_mut()
+                    .for_each(|r| strip(r, &["mtu", "advmss", "priority", "table", "scope"]));
             }
         }
         if v.legacy_ips() {
             if let Some(ips) = doc["ips"].as_array_mut() {
                 for (ip, parsed) in ips.iter_mut().zip(&self.ips) {
-                    let family = if parsed.address.addr().is_ipv4() { "4" } else { "6" };
+                    let family = if parsed.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     ip["version"] = family.into();
                 }
             }
@@ -127,10 +138,22 @@ mod tests {
 
     fn sample() -> CniResult {
         CniResult {
-            interfaces: vec![Interface { name: "eth0".into(), mtu: Some(1450), ..Default::default() }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mtu: Some(1450),
+                ..Default::default()
+            }],
             ips: vec![
-                IpConfig { address: "10.0.0.5/24".parse().unwrap(), gateway: None, interface: Some(0) },
-                IpConfig { address: "fd00::5/64".parse().unwrap(), gateway: None, interface: Some(0) },
+                IpConfig {
+                    address: "10.0.0.5/24".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(0),
+                },
+                IpConfig {
+                    address: "fd00::5/64".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(0),
+                },
             ],
             routes: vec![Route {
                 dst: "0.0.0.0/0".parse().unwrap(),

@@ -44,10 +44,16 @@ pub struct Outcome {
 
 impl Outcome {
     fn ok(doc: Option<Value>) -> Self {
-        Outcome { stdout: doc, exit_code: 0 }
+        Outcome {
+            stdout: doc,
+            exit_code: 0,
+        }
     }
     fn err(e: &Error, version: &str) -> Self {
-        Outcome { stdout: Some(e.to_json(version)), exit_code: 1 }
+        Outcome {
+            stdout: Some(e.to_json(version)),
+            exit_code: 1,
+        }
     }
 }
 
@@ -60,7 +66,9 @@ pub fn dispatch(
     probe: &dyn NetnsProbe,
 ) -> Outcome {
     let mut reply_version = version::LATEST.to_string();
-    let run = catch_unwind(AssertUnwindSafe(|| run(plugin, get, stdin, probe, &mut reply_version)));
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        run(plugin, get, stdin, probe, &mut reply_version)
+    }));
     match run {
         Ok(Ok(doc)) => Outcome::ok(doc),
         Ok(Err(e)) => Outcome::err(&e, &reply_version),
@@ -70,7 +78,10 @@ pub fn dispatch(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Outcome::err(&Error::unexpected("internal error").with_details(what), &reply_version)
+            Outcome::err(
+                &Error::unexpected("internal error").with_details(what),
+                &reply_version,
+            )
         }
     }
 }
@@ -83,8 +94,11 @@ fn run(
     reply_version: &mut String,
 ) -> Result<Option<Value>> {
     let raw_cmd = get("CNI_COMMAND").unwrap_or_default();
-    let command = Command::parse(&raw_cmd)
-        .ok_or_else(|| Error::env(format!("CNI_COMMAND {raw_cmd:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION")))?;
+    let command = Command::parse(&raw_cmd).ok_or_else(|| {
+        Error::env(format!(
+            "CNI_COMMAND {raw_cmd:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"
+        ))
+    })?;
 
     let mut bytes = Vec::new();
     stdin
@@ -99,13 +113,24 @@ fn run(
     let probe_doc: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::decode("network config on stdin is not valid JSON").with_details(e))?;
     if !probe_doc.is_object() {
-        return Err(Error::decode("network config on stdin is not a JSON object"));
+        return Err(Error::decode(
+            "network config on stdin is not a JSON object",
+        ));
     }
-    if let Some(v) = probe_doc.get("cniVersion").and_then(Value::as_str).filter(|v| version::is_supported(v)) {
+    if let Some(v) = probe_doc
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .filter(|v| version::is_supported(v))
+    {
         *reply_version = v.to_string();
     }
-    let listed: Option<Vec<String>> = probe_doc.get("cniVersions").and_then(|v| serde_json::from_value(v.clone()).ok());
-    let negotiated = version::negotiate(probe_doc.get("cniVersion").and_then(Value::as_str), listed.as_deref())?;
+    let listed: Option<Vec<String>> = probe_doc
+        .get("cniVersions")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let negotiated = version::negotiate(
+        probe_doc.get("cniVersion").and_then(Value::as_str),
+        listed.as_deref(),
+    )?;
     *reply_version = negotiated.clone();
     version::allows(command, &negotiated)?;
 
@@ -125,7 +150,11 @@ fn run(
 fn version_reply(stdin: &[u8]) -> Value {
     let asked = serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|d| d.get("cniVersion").and_then(Value::as_str).map(String::from))
+        .and_then(|d| {
+            d.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::LATEST.to_string());
     json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
@@ -163,7 +192,11 @@ mod tests {
                 panic!("kaboom");
             }
             Ok(CniResult {
-                ips: vec![IpConfig { address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: None }],
+                ips: vec![IpConfig {
+                    address: "10.0.0.2/24".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                }],
                 ..Default::default()
             })
         }
@@ -197,7 +230,12 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        dispatch(&Fake, &|k| vars.get(k).map(|v| v.to_string()), &mut stdin.as_bytes(), &AnyNetns)
+        dispatch(
+            &Fake,
+            &|k| vars.get(k).map(|v| v.to_string()),
+            &mut stdin.as_bytes(),
+            &AnyNetns,
+        )
     }
 
     #[test]
@@ -207,13 +245,19 @@ mod tests {
         let doc = out.stdout.unwrap();
         assert_eq!(doc["cniVersion"], "1.1.0");
         assert_eq!(doc["supportedVersions"].as_array().unwrap().len(), 5);
-        assert_eq!(call("VERSION", r#"{"cniVersion":"0.4.0"}"#).stdout.unwrap()["cniVersion"], "0.4.0");
+        assert_eq!(
+            call("VERSION", r#"{"cniVersion":"0.4.0"}"#).stdout.unwrap()["cniVersion"],
+            "0.4.0"
+        );
     }
 
     #[test]
     fn add_result_follows_config_version() {
         for v in version::SUPPORTED {
-            let out = call("ADD", &format!(r#"{{"cniVersion":"{v}","name":"n","type":"weft"}}"#));
+            let out = call(
+                "ADD",
+                &format!(r#"{{"cniVersion":"{v}","name":"n","type":"weft"}}"#),
+            );
             assert_eq!(out.exit_code, 0, "{v}");
             let doc = out.stdout.unwrap();
             assert_eq!(doc["cniVersion"], *v);
@@ -227,12 +271,32 @@ mod tests {
             ("ADD", "{", 6),
             ("ADD", "[1]", 6),
             ("ADD", "", 6),
-            ("ADD", r#"{"cniVersion":"0.2.0","name":"n","type":"weft"}"#, 1),
-            ("GC", r#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#, 1),
-            ("STATUS", r#"{"cniVersion":"0.4.0","name":"n","type":"weft"}"#, 1),
-            ("CHECK", r#"{"cniVersion":"0.3.1","name":"n","type":"weft"}"#, 1),
+            (
+                "ADD",
+                r#"{"cniVersion":"0.2.0","name":"n","type":"weft"}"#,
+                1,
+            ),
+            (
+                "GC",
+                r#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#,
+                1,
+            ),
+            (
+                "STATUS",
+                r#"{"cniVersion":"0.4.0","name":"n","type":"weft"}"#,
+                1,
+            ),
+            (
+                "CHECK",
+                r#"{"cniVersion":"0.3.1","name":"n","type":"weft"}"#,
+                1,
+            ),
             ("NOPE", "{}", 4),
-            ("STATUS", r#"{"cniVersion":"1.1.0","name":"n","type":"weft"}"#, 50),
+            (
+                "STATUS",
+                r#"{"cniVersion":"1.1.0","name":"n","type":"weft"}"#,
+                50,
+            ),
         ];
         for (cmd, stdin, code) in cases {
             let out = call(cmd, stdin);
@@ -243,13 +307,19 @@ mod tests {
 
     #[test]
     fn cni_versions_list_is_honoured() {
-        let out = call("ADD", r#"{"cniVersions":["0.4.0","1.0.0"],"name":"n","type":"weft"}"#);
+        let out = call(
+            "ADD",
+            r#"{"cniVersions":["0.4.0","1.0.0"],"name":"n","type":"weft"}"#,
+        );
         assert_eq!(out.stdout.unwrap()["cniVersion"], "1.0.0");
     }
 
     #[test]
     fn panic_becomes_999() {
-        let out = call("ADD", r#"{"cniVersion":"1.0.0","name":"boom","type":"weft"}"#);
+        let out = call(
+            "ADD",
+            r#"{"cniVersion":"1.0.0","name":"boom","type":"weft"}"#,
+        );
         let doc = out.stdout.unwrap();
         assert_eq!(doc["code"], 999);
         assert_eq!(doc["cniVersion"], "1.0.0");

@@ -63,7 +63,9 @@ pub fn negotiate(cni_version: Option<&str>, cni_versions: Option<&[String]>) -> 
             ))
         });
     }
-    Err(Error::version("config has no cniVersion (it would mean 0.1.0, which weft does not speak)"))
+    Err(Error::version(
+        "config has no cniVersion (it would mean 0.1.0, which weft does not speak)",
+    ))
 }
 
 /// The spec introduced CHECK in 0.4.0 and STATUS and GC in 1.1.0.
@@ -136,7 +138,10 @@ mod tests {
 
     #[test]
     fn best_common_respects_ceiling() {
-        let theirs: Vec<String> = ["0.3.1", "0.4.0", "1.0.0"].iter().map(|s| s.to_string()).collect();
+        let theirs: Vec<String> = ["0.3.1", "0.4.0", "1.0.0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(best_common(&theirs, "1.1.0").as_deref(), Some("1.0.0"));
         assert_eq!(best_common(&theirs, "0.4.0").as_deref(), Some("0.4.0"));
     }

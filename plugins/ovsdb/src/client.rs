@@ -38,10 +38,14 @@ impl std::fmt::Display for OvsError {
 impl std::error::Error for OvsError {}
 
 fn err(kind: OvsErrorKind, msg: impl Into<String>) -> OvsError {
-    OvsError { kind, msg: msg.into() }
+    OvsError {
+        kind,
+        msg: msg.into(),
+    }
 }
 
-type Stream = serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<UnixStream>>, Value>;
+type Stream =
+    serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<UnixStream>>, Value>;
 
 pub struct Client {
     reader: Stream,
@@ -50,19 +54,29 @@ pub struct Client {
     deadline: Duration,
 }
 
-
 impl Client {
     /// Connects; `timeout` bounds every later read as well.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, OvsError> {
-        let stream = UnixStream::connect(path)
-            .map_err(|e| err(OvsErrorKind::Unreachable, format!("cannot connect to OVSDB at {}: {e}", path.display())))?;
+        let stream = UnixStream::connect(path).map_err(|e| {
+            err(
+                OvsErrorKind::Unreachable,
+                format!("cannot connect to OVSDB at {}: {e}", path.display()),
+            )
+        })?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|_| stream.set_write_timeout(Some(timeout)))
             .map_err(|e| err(OvsErrorKind::Protocol, e.to_string()))?;
-        let writer = stream.try_clone().map_err(|e| err(OvsErrorKind::Protocol, e.to_string()))?;
+        let writer = stream
+            .try_clone()
+            .map_err(|e| err(OvsErrorKind::Protocol, e.to_string()))?;
         let reader = serde_json::Deserializer::from_reader(BufReader::new(stream)).into_iter();
-        Ok(Client { reader, writer, next_id: 1, deadline: timeout })
+        Ok(Client {
+            reader,
+            writer,
+            next_id: 1,
+            deadline: timeout,
+        })
     }
 
     fn send(&mut self, msg: &Value) -> Result<(), OvsError> {
@@ -77,9 +91,17 @@ impl Client {
             let msg = match self.reader.next() {
                 Some(Ok(v)) => v,
                 Some(Err(e)) if e.is_io() => {
-                    return Err(err(OvsErrorKind::Timeout, format!("reading from OVSDB: {e}")))
+                    return Err(err(
+                        OvsErrorKind::Timeout,
+                        format!("reading from OVSDB: {e}"),
+                    ))
                 }
-                Some(Err(e)) => return Err(err(OvsErrorKind::Protocol, format!("bad JSON from OVSDB: {e}"))),
+                Some(Err(e)) => {
+                    return Err(err(
+                        OvsErrorKind::Protocol,
+                        format!("bad JSON from OVSDB: {e}"),
+                    ))
+                }
                 None => return Err(err(OvsErrorKind::Protocol, "OVSDB closed the connection")),
             };
             if msg.get("method").and_then(Value::as_str) == Some("echo") {
@@ -103,7 +125,10 @@ impl Client {
             let msg = self.recv()?;
             if msg.get("id").and_then(Value::as_u64) == Some(id) {
                 if !msg["error"].is_null() {
-                    return Err(err(OvsErrorKind::Protocol, format!("OVSDB error: {}", msg["error"])));
+                    return Err(err(
+                        OvsErrorKind::Protocol,
+                        format!("OVSDB error: {}", msg["error"]),
+                    ));
                 }
                 return Ok(msg["result"].clone());
             }
@@ -120,16 +145,36 @@ impl Client {
     /// Runs a transaction that bumps `next_cfg` and returns once ovs-vswitchd
     /// reports it applied (cur_cfg caught up), as `ovs-vsctl` does by default.
     pub fn transact_and_wait(&mut self, ops: &[Value]) -> Result<Vec<Value>, OvsError> {
+        let pending = self.send_and_wait(ops)?;
+        self.finish(pending)
+    }
+
+    /// The first half of [`Client::transact_and_wait`]: sends the transaction
+    /// (pipelined with a monitor of cur_cfg) and returns without reading, so
+    /// the caller can work while ovs-vswitchd applies it.
+    pub fn send_and_wait(&mut self, ops: &[Value]) -> Result<PendingTxn, OvsError> {
         let mut all: Vec<Value> = ops.to_vec();
         all.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]}));
-        all.push(json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]}));
+        all.push(
+            json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]}),
+        );
         // Monitor ids must be unique per connection; one per wait keeps it simple.
         let monitor_name = format!("weft-cfg-{}", self.next_id);
-        let monitor = json!(["Open_vSwitch", monitor_name, {"Open_vSwitch": {"columns": ["cur_cfg"]}}]);
+        let monitor =
+            json!(["Open_vSwitch", monitor_name, {"Open_vSwitch": {"columns": ["cur_cfg"]}}]);
         let mon_id = self.request("monitor", monitor)?;
         let txn_id = self.request("transact", txn_params(&all))?;
+        Ok(PendingTxn {
+            mon_id,
+            txn_id,
+            monitor_name,
+            n_ops: all.len(),
+            started: Instant::now(),
+        })
+    }
 
-        let started = Instant::now();
+    /// The second half: the operations' results once ovs-vswitchd caught up.
+    pub fn finish(&mut self, p: PendingTxn) -> Result<Vec<Value>, OvsError> {
         let mut cur_cfg: Option<i64> = None;
         let mut target: Option<i64> = None;
         let mut results = Vec::new();
@@ -137,25 +182,34 @@ impl Client {
             if let (Some(cur), Some(want)) = (cur_cfg, target) {
                 if cur >= want {
                     // The reply to the cancel is skipped by later reads, which match on id.
-                    self.request("monitor_cancel", json!([monitor_name]))?;
+                    self.request("monitor_cancel", json!([p.monitor_name]))?;
                     return Ok(results);
                 }
             }
-            if started.elapsed() > self.deadline {
-                return Err(err(OvsErrorKind::Timeout, "ovs-vswitchd did not apply the change in time"));
+            if p.started.elapsed() > self.deadline {
+                return Err(err(
+                    OvsErrorKind::Timeout,
+                    "ovs-vswitchd did not apply the change in time",
+                ));
             }
             let msg = self.recv()?;
             let id = msg.get("id").and_then(Value::as_u64);
-            if id == Some(mon_id) {
+            if id == Some(p.mon_id) {
                 if !msg["error"].is_null() {
-                    return Err(err(OvsErrorKind::Protocol, format!("OVSDB monitor error: {}", msg["error"])));
+                    return Err(err(
+                        OvsErrorKind::Protocol,
+                        format!("OVSDB monitor error: {}", msg["error"]),
+                    ));
                 }
                 cur_cfg = cur_cfg.max(max_cur_cfg(&msg["result"]));
-            } else if id == Some(txn_id) {
+            } else if id == Some(p.txn_id) {
                 if !msg["error"].is_null() {
-                    return Err(err(OvsErrorKind::Protocol, format!("OVSDB error: {}", msg["error"])));
+                    return Err(err(
+                        OvsErrorKind::Protocol,
+                        format!("OVSDB error: {}", msg["error"]),
+                    ));
                 }
-                let mut r = check_results(msg["result"].clone(), all.len())?;
+                let mut r = check_results(msg["result"].clone(), p.n_ops)?;
                 let bumped = r
                     .pop()
                     .and_then(|sel| sel["rows"].get(0).and_then(|row| row["next_cfg"].as_i64()));
@@ -165,13 +219,25 @@ impl Client {
                         "OVSDB has no Open_vSwitch row; is Open vSwitch initialised (ovs-vsctl init)?",
                     ));
                 }
-                target = Some(bumped.ok_or_else(|| err(OvsErrorKind::Protocol, "no next_cfg in reply"))?);
+                target = Some(
+                    bumped.ok_or_else(|| err(OvsErrorKind::Protocol, "no next_cfg in reply"))?,
+                );
                 results = r;
             } else if msg.get("method").and_then(Value::as_str) == Some("update") {
                 cur_cfg = cur_cfg.max(max_cur_cfg(&msg["params"][1]));
             }
         }
     }
+}
+
+/// A transaction sent by [`Client::send_and_wait`], not yet read back.
+#[must_use = "finish it, or the change may not be applied when you go on"]
+pub struct PendingTxn {
+    mon_id: u64,
+    txn_id: u64,
+    monitor_name: String,
+    n_ops: usize,
+    started: Instant,
 }
 
 fn txn_params(ops: &[Value]) -> Value {
@@ -193,12 +259,21 @@ fn max_cur_cfg(updates: &Value) -> Option<i64> {
 /// "error" (including one past the last operation, for commit failures) fails it.
 fn check_results(result: Value, n_ops: usize) -> Result<Vec<Value>, OvsError> {
     let Value::Array(items) = result else {
-        return Err(err(OvsErrorKind::Protocol, "transaction reply is not an array"));
+        return Err(err(
+            OvsErrorKind::Protocol,
+            "transaction reply is not an array",
+        ));
     };
-    if let Some(e) = items.iter().find(|r| r.get("error").is_some_and(|e| !e.is_null())) {
+    if let Some(e) = items
+        .iter()
+        .find(|r| r.get("error").is_some_and(|e| !e.is_null()))
+    {
         let what = e["error"].as_str().unwrap_or("error");
         let details = e["details"].as_str().unwrap_or("");
-        return Err(err(OvsErrorKind::Refused, format!("OVSDB refused the transaction: {what}: {details}")));
+        return Err(err(
+            OvsErrorKind::Refused,
+            format!("OVSDB refused the transaction: {what}: {details}"),
+        ));
     }
     if items.len() < n_ops {
         return Err(err(OvsErrorKind::Protocol, "transaction reply is short"));

@@ -6,14 +6,19 @@
 //! (`ovsdb` 0.0.x) is an early, async-only codegen project, and what weft
 //! needs is a few hundred lines: transact, and wait for ovs-vswitchd.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
+
 mod client;
 pub mod plan;
 
-pub use client::{Client, OvsError, OvsErrorKind};
+pub use client::{Client, OvsError, OvsErrorKind, PendingTxn};
 
 /// `["map", [[k, v], ...]]` from pairs, the wire form of an OVSDB map.
 pub fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = pairs.into_iter().map(|(k, v)| serde_json::json!([k, v])).collect();
+    let items: Vec<serde_json::Value> = pairs
+        .into_iter()
+        .map(|(k, v)| serde_json::json!([k, v]))
+        .collect();
     serde_json::json!(["map", items])
 }
 
@@ -24,7 +29,12 @@ pub fn read_map(v: &serde_json::Value) -> Vec<(String, String)> {
         .map(|items| {
             items
                 .iter()
-                .filter_map(|kv| Some((kv.get(0)?.as_str()?.to_string(), kv.get(1)?.as_str()?.to_string())))
+                .filter_map(|kv| {
+                    Some((
+                        kv.get(0)?.as_str()?.to_string(),
+                        kv.get(1)?.as_str()?.to_string(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -32,5 +42,7 @@ pub fn read_map(v: &serde_json::Value) -> Vec<(String, String)> {
 
 /// The uuid string inside `["uuid", "..."]`.
 pub fn read_uuid(v: &serde_json::Value) -> Option<&str> {
-    (v.get(0)?.as_str()? == "uuid").then(|| v.get(1)?.as_str()).flatten()
+    (v.get(0)?.as_str()? == "uuid")
+        .then(|| v.get(1)?.as_str())
+        .flatten()
 }

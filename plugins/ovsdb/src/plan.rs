@@ -16,7 +16,11 @@ fn uuid_set(uuids: &[String]) -> Value {
 /// Creates `bridge` with its internal port and hooks it to the root row.
 /// The Bridge name is unique in the schema, so a racing creator makes this
 /// transaction fail rather than produce two bridges.
-pub fn create_bridge(bridge: &str, datapath_type: &str, external_ids: &[(&str, &str)]) -> Vec<Value> {
+pub fn create_bridge(
+    bridge: &str,
+    datapath_type: &str,
+    external_ids: &[(&str, &str)],
+) -> Vec<Value> {
     vec![
         json!({"op": "insert", "table": "Interface", "uuid-name": "iface",
                "row": {"name": bridge, "type": "internal"}}),
@@ -58,8 +62,10 @@ pub fn find_ports(external_ids: &[(&str, &str)]) -> Vec<Value> {
 
 /// The port named `name`, if any.
 pub fn find_port_by_name(name: &str) -> Vec<Value> {
-    vec![json!({"op": "select", "table": "Port", "where": [["name", "==", name]],
-                "columns": ["_uuid", "name", "external_ids"]})]
+    vec![
+        json!({"op": "select", "table": "Port", "where": [["name", "==", name]],
+                "columns": ["_uuid", "name", "external_ids"]}),
+    ]
 }
 
 /// The bridge a port hangs off and the port's interface state.
@@ -79,7 +85,9 @@ pub fn remove_ports(uuids: &[String]) -> Vec<Value> {
 
 /// The interface state ovs-vswitchd reports once it applied a change.
 pub fn interface_state(port: &str) -> Vec<Value> {
-    vec![json!({"op": "select", "table": "Interface", "where": [["name", "==", port]], "columns": ["ofport", "error"]})]
+    vec![
+        json!({"op": "select", "table": "Interface", "where": [["name", "==", port]], "columns": ["ofport", "error"]}),
+    ]
 }
 
 /// A no-op that proves the server answers and the schema is the one we know.
@@ -97,8 +105,14 @@ mod tests {
         assert_eq!(ops[0]["op"], "wait");
         assert_eq!(ops[0]["timeout"], 0);
         assert_eq!(ops[ADD_PORT_BRIDGE_SELECT]["op"], "select");
-        assert_eq!(ops[3]["row"]["external_ids"], json!(["map", [["weft.network", "blue"]]]));
-        assert_eq!(ops[4]["mutations"][0][2], json!(["set", [["named-uuid", "port"]]]));
+        assert_eq!(
+            ops[3]["row"]["external_ids"],
+            json!(["map", [["weft.network", "blue"]]])
+        );
+        assert_eq!(
+            ops[4]["mutations"][0][2],
+            json!(["set", [["named-uuid", "port"]]])
+        );
     }
 
     #[test]
@@ -112,13 +126,19 @@ mod tests {
     #[test]
     fn remove_ports_uses_uuid_set() {
         let ops = remove_ports(&["a".into(), "b".into()]);
-        assert_eq!(ops[0]["mutations"][0][2], json!(["set", [["uuid", "a"], ["uuid", "b"]]]));
+        assert_eq!(
+            ops[0]["mutations"][0][2],
+            json!(["set", [["uuid", "a"], ["uuid", "b"]]])
+        );
     }
 
     #[test]
     fn map_round_trip() {
         let m = map([("a", "1"), ("b", "2")]);
-        assert_eq!(crate::read_map(&m), vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            crate::read_map(&m),
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
         assert_eq!(crate::read_uuid(&json!(["uuid", "x"])), Some("x"));
     }
 }

@@ -17,51 +17,86 @@ fn mismatch(msg: impl Into<String>) -> Error {
 }
 
 pub fn check(ctx: &Context, cfg: &Config) -> Result<()> {
-    let prev = ctx.conf.prev_result.as_ref().ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+    let prev = ctx
+        .conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
     let (cid, ifname) = (ctx.env.container_id(), ctx.env.ifname());
     let host_name = names::host_veth(cid, ifname);
     let ipam_bin = delegate::find(&cfg.ipam_type, &ctx.env.path)?;
-    let netns_path = ctx.env.netns.as_ref().ok_or_else(|| Error::env("CNI_NETNS is required for CHECK"))?;
+    let netns_path = ctx
+        .env
+        .netns
+        .as_ref()
+        .ok_or_else(|| Error::env("CNI_NETNS is required for CHECK"))?;
 
     let nl = Netlink::new()?;
     let cont = nl.enter(&netns::open(netns_path)?)?;
-    let link = nl.link(&cont.handle, ifname)?.ok_or_else(|| mismatch(format!("{ifname} is missing from the container")))?;
+    let link = nl
+        .link(&cont.handle, ifname)?
+        .ok_or_else(|| mismatch(format!("{ifname} is missing from the container")))?;
     if link.mtu != cfg.mtu {
-        return Err(mismatch(format!("{ifname} has MTU {}, config says {}", link.mtu, cfg.mtu)));
+        return Err(mismatch(format!(
+            "{ifname} has MTU {}, config says {}",
+            link.mtu, cfg.mtu
+        )));
     }
     if !link.up {
         return Err(mismatch(format!("{ifname} is down")));
     }
-    let own_index = prev.interfaces.iter().position(|i| i.name == ifname && i.sandbox.is_some());
+    let own_index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.is_some());
     if let Some(want) = own_index.and_then(|i| prev.interfaces[i].mac.as_deref()) {
         if link.mac.as_deref().map(str::to_ascii_lowercase) != Some(want.to_ascii_lowercase()) {
-            return Err(mismatch(format!("{ifname} has MAC {:?}, prevResult says {want}", link.mac)));
+            return Err(mismatch(format!(
+                "{ifname} has MAC {:?}, prevResult says {want}",
+                link.mac
+            )));
         }
     }
     let have = nl.addresses(&cont.handle, link.index)?;
-    for ip in prev.ips.iter().filter(|ip| ip.interface.is_none() || ip.interface == own_index) {
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none() || ip.interface == own_index)
+    {
         if !have.contains(&ip.address) {
             return Err(mismatch(format!("{ifname} lacks address {}", ip.address)));
         }
     }
     let routes = nl.routes(&cont.handle, link.index)?;
     for r in &prev.routes {
-        if !routes.iter().any(|(dst, gw)| *dst == r.dst && (r.gw.is_none() || *gw == r.gw)) {
+        if !routes
+            .iter()
+            .any(|(dst, gw)| *dst == r.dst && (r.gw.is_none() || *gw == r.gw))
+        {
             return Err(mismatch(format!("route to {} is missing", r.dst)));
         }
     }
 
-    let host = nl.link(nl.host(), &host_name)?.ok_or_else(|| mismatch(format!("host end {host_name} is missing")))?;
+    let host = nl
+        .link(nl.host(), &host_name)?
+        .ok_or_else(|| mismatch(format!("host end {host_name} is missing")))?;
     if !host.up {
         return Err(mismatch(format!("host end {host_name} is down")));
     }
     let mut ovs = Ovs::connect(&cfg.ovsdb_socket)?;
-    let port = ovs.find_by_name(&host_name)?.ok_or_else(|| mismatch(format!("OVS port {host_name} is missing")))?;
+    let port = ovs
+        .find_by_name(&host_name)?
+        .ok_or_else(|| mismatch(format!("OVS port {host_name} is missing")))?;
     if port.id(ids::CONTAINER_ID) != Some(cid) || port.id(ids::IFNAME) != Some(ifname) {
-        return Err(mismatch(format!("OVS port {host_name} belongs to another attachment")));
+        return Err(mismatch(format!(
+            "OVS port {host_name} belongs to another attachment"
+        )));
     }
     if !ovs.bridge_has_port(&cfg.bridge, &port.uuid)? {
-        return Err(mismatch(format!("OVS port {host_name} is not on bridge {}", cfg.bridge)));
+        return Err(mismatch(format!(
+            "OVS port {host_name} is not on bridge {}",
+            cfg.bridge
+        )));
     }
     ovs.port_healthy(&host_name)?;
 

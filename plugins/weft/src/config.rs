@@ -63,12 +63,18 @@ fn opt_str<'a>(raw: &'a Value, key: &str) -> Result<Option<&'a str>> {
 impl Config {
     pub fn from_netconf(conf: &NetConf) -> Result<Self> {
         let raw = &conf.raw;
-        let bridge = opt_str(raw, "bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
+        let bridge = opt_str(raw, "bridge")?
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_string();
         valid_ifname(&bridge).map_err(|why| Error::config(format!("bridge {bridge:?} {why}")))?;
 
-        let ovsdb_socket = PathBuf::from(opt_str(raw, "ovsdbSocket")?.unwrap_or(DEFAULT_OVSDB_SOCKET));
+        let ovsdb_socket =
+            PathBuf::from(opt_str(raw, "ovsdbSocket")?.unwrap_or(DEFAULT_OVSDB_SOCKET));
         if !ovsdb_socket.is_absolute() {
-            return Err(Error::config(format!("ovsdbSocket {} must be an absolute path", ovsdb_socket.display())));
+            return Err(Error::config(format!(
+                "ovsdbSocket {} must be an absolute path",
+                ovsdb_socket.display()
+            )));
         }
 
         let datapath = match opt_str(raw, "datapath")?.unwrap_or("auto") {
@@ -76,7 +82,9 @@ impl Config {
             "system" => Datapath::System,
             "netdev" => Datapath::Netdev,
             other => {
-                return Err(Error::config(format!("datapath {other:?} must be one of auto, system, netdev")))
+                return Err(Error::config(format!(
+                    "datapath {other:?} must be one of auto, system, netdev"
+                )))
             }
         };
 
@@ -86,7 +94,9 @@ impl Config {
                 .as_u64()
                 .filter(|m| (68..=65535).contains(m))
                 .map(|m| m as u32)
-                .ok_or_else(|| Error::config(format!("mtu {v} must be a whole number from 68 to 65535")))?,
+                .ok_or_else(|| {
+                    Error::config(format!("mtu {v} must be a whole number from 68 to 65535"))
+                })?,
         };
 
         let log_file = opt_str(raw, "logFile")?.map(PathBuf::from);
@@ -94,7 +104,11 @@ impl Config {
 
         let ipam = match raw.get("ipam") {
             Some(Value::Object(m)) => m,
-            None | Some(Value::Null) => return Err(Error::config("ipam is required (for example {\"type\": \"host-local\", ...})")),
+            None | Some(Value::Null) => {
+                return Err(Error::config(
+                    "ipam is required (for example {\"type\": \"host-local\", ...})",
+                ))
+            }
             Some(_) => return Err(Error::config("ipam must be an object")),
         };
         let ipam_type = match ipam.get("type") {

@@ -40,17 +40,31 @@ pub fn socket() -> Result<OwnedFd> {
 }
 
 pub fn disable_tx_checksum(sock: &OwnedFd, ifname: &str) -> Result<()> {
-    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: std::ptr::from_mut(&mut value).cast(), _pad: [0; 16] };
-    for (dst, src) in req.name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: std::ptr::from_mut(&mut value).cast(),
+        _pad: [0; 16],
+    };
+    for (dst, src) in req
+        .name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *dst = src as libc::c_char;
     }
     // SAFETY: req and value live across the call; the kernel reads IFNAMSIZ
     // bytes of name and one ethtool_value through data.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
     if rc != 0 {
-        return Err(Error::new(error::NETLINK_FAILURE, format!("cannot turn off TX checksum offload on {ifname}"))
-            .with_details(std::io::Error::last_os_error()));
+        return Err(Error::new(
+            error::NETLINK_FAILURE,
+            format!("cannot turn off TX checksum offload on {ifname}"),
+        )
+        .with_details(std::io::Error::last_os_error()));
     }
     Ok(())
 }

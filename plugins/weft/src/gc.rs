@@ -21,7 +21,10 @@ pub fn gc(ctx: &Context, cfg: &Config) -> Result<()> {
         .valid_attachments
         .as_ref()
         .ok_or_else(|| Error::config("GC needs cni.dev/valid-attachments"))?;
-    let keep: HashSet<(&str, &str)> = valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
+    let keep: HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
     let ipam_bin = delegate::find(&cfg.ipam_type, &ctx.env.path)?;
 
     let mut ovs = Ovs::connect(&cfg.ovsdb_socket)?;
@@ -29,7 +32,10 @@ pub fn gc(ctx: &Context, cfg: &Config) -> Result<()> {
         .find_tagged(&[(ids::NETWORK, &cfg.network)])?
         .into_iter()
         .filter(|p| {
-            let key = (p.id(ids::CONTAINER_ID).unwrap_or(""), p.id(ids::IFNAME).unwrap_or(""));
+            let key = (
+                p.id(ids::CONTAINER_ID).unwrap_or(""),
+                p.id(ids::IFNAME).unwrap_or(""),
+            );
             !keep.contains(&key)
         })
         .collect();
@@ -46,10 +52,18 @@ pub fn gc(ctx: &Context, cfg: &Config) -> Result<()> {
 /// Ready when OVSDB answers and the IPAM plugin says it is ready.
 pub fn status(ctx: &Context, cfg: &Config) -> Result<()> {
     let not_ready = |e: Error| {
-        Error::new(error::NOT_AVAILABLE, format!("Open vSwitch is not available at {}", cfg.ovsdb_socket.display()))
-            .with_details(e.msg)
+        Error::new(
+            error::NOT_AVAILABLE,
+            format!(
+                "Open vSwitch is not available at {}",
+                cfg.ovsdb_socket.display()
+            ),
+        )
+        .with_details(e.msg)
     };
-    Ovs::connect(&cfg.ovsdb_socket).and_then(|mut o| o.ping()).map_err(not_ready)?;
+    Ovs::connect(&cfg.ovsdb_socket)
+        .and_then(|mut o| o.ping())
+        .map_err(not_ready)?;
     let ipam_bin = delegate::find(&cfg.ipam_type, &ctx.env.path)?;
     delegate::exec_if_supported(&ipam_bin, Command::Status, &cfg.raw)?;
     Ok(())

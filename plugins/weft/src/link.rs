@@ -10,11 +10,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use weft_cni::error::{self, Error, Result};
 use weft_cni::result::Route;
 
@@ -30,6 +31,8 @@ pub struct Container {
     pub handle: Handle,
     /// For ethtool ioctls, which act in the namespace of the socket.
     pub ioctl: OwnedFd,
+    /// For deletions that must not wait on the kernel (see `fastdel`).
+    pub raw: netlink_sys::Socket,
 }
 
 /// Facts about a link that CHECK and the result need.
@@ -60,7 +63,8 @@ impl Netlink {
             .map_err(|e| Error::unexpected("cannot start runtime").with_details(e))?;
         let host = {
             let _ctx = rt.enter();
-            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl_err("cannot open netlink", e))?;
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| nl_err("cannot open netlink", e))?;
             rt.spawn(conn);
             handle
         };
@@ -74,47 +78,76 @@ impl Netlink {
     /// Opens netlink and ioctl sockets inside the namespace at `ns`.
     pub fn enter(&self, ns: &File) -> Result<Container> {
         let rt = self.rt.handle().clone();
-        let (conn, handle, ioctl) = netns::run_in(ns, move || {
+        let (conn, handle, ioctl, raw) = netns::run_in(ns, move || {
             let _ctx = rt.enter();
-            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl_err("cannot open netlink in netns", e))?;
-            Ok((conn, handle, crate::ethtool::socket()?))
+            let (conn, handle, _) = rtnetlink::new_connection()
+                .map_err(|e| nl_err("cannot open netlink in netns", e))?;
+            Ok((
+                conn,
+                handle,
+                crate::ethtool::socket()?,
+                crate::fastdel::socket()?,
+            ))
         })?;
         self.rt.spawn(conn);
-        Ok(Container { handle, ioctl })
+        Ok(Container { handle, ioctl, raw })
     }
 
     fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.rt.block_on(f)
     }
 
-    /// Creates the pair inside the container so it dies with the namespace.
-    pub fn create_veth(&self, c: &Container, ifname: &str, peer: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<()> {
-        let mut msg = LinkVeth::new(ifname, peer).mtu(mtu);
+    /// Creates the pair inside the container, so it dies with the namespace,
+    /// with the peer born straight in `host_ns`: moving a link between
+    /// namespaces afterwards costs the kernel an RCU grace period (10-25 ms).
+    pub fn create_veth(
+        &self,
+        c: &Container,
+        ifname: &str,
+        peer: &str,
+        host_ns: &File,
+        mtu: u32,
+        mac: Option<[u8; 6]>,
+    ) -> Result<()> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(host_ns.as_raw_fd())
+            .build();
+        let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(ifname.to_string())
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
         if let Some(mac) = mac {
             msg = msg.address(mac.to_vec());
         }
-        self.block(c.handle.link().add(msg.build()).execute()).map_err(|e| match errno(&e) {
-            Some(libc::EEXIST) => {
-                Error::new(error::IFNAME_TAKEN, format!("an interface named {ifname} already exists in the container"))
+        match self.block(c.handle.link().add(msg.build()).execute()) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                if self.link(&c.handle, ifname)?.is_some() {
+                    Err(Error::new(
+                        error::IFNAME_TAKEN,
+                        format!("an interface named {ifname} already exists in the container"),
+                    ))
+                } else {
+                    Err(Error::new(
+                        error::NETLINK_FAILURE,
+                        format!("host already has a link named {peer}; an earlier ADD for this container was not deleted"),
+                    ))
+                }
             }
-            _ => nl_err(format!("cannot create veth {ifname}/{peer} in the container"), e),
-        })
-    }
-
-    /// Moves the peer out to the namespace `to` and gives it the pair's MTU.
-    pub fn move_peer(&self, c: &Container, peer: &str, to: &File, mtu: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_name(peer).setns_by_fd(to.as_raw_fd()).mtu(mtu).build();
-        self.block(c.handle.link().set(msg).execute()).map_err(|e| match errno(&e) {
-            Some(libc::EEXIST) => Error::new(
-                error::NETLINK_FAILURE,
-                format!("host already has a link named {peer}; an earlier ADD for this container was not deleted"),
-            ),
-            _ => nl_err(format!("cannot move {peer} to the host"), e),
-        })
+            Err(e) => Err(nl_err(format!("cannot create veth {ifname}/{peer}"), e)),
+        }
     }
 
     pub fn link(&self, h: &Handle, name: &str) -> Result<Option<LinkInfo>> {
-        let found = self.block(async { h.link().get().match_name(name.to_string()).execute().try_next().await });
+        let found = self.block(async {
+            h.link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+        });
         match found {
             Ok(Some(msg)) => Ok(Some(link_info(&msg))),
             Ok(None) => Ok(None),
@@ -123,14 +156,31 @@ impl Netlink {
         }
     }
 
+    pub fn link_by_index(&self, h: &Handle, index: u32) -> Result<Option<LinkInfo>> {
+        let found =
+            self.block(async { h.link().get().match_index(index).execute().try_next().await });
+        match found {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format!("cannot look up link {index}"), e)),
+        }
+    }
+
     pub fn set_up(&self, h: &Handle, index: u32) -> Result<()> {
-        self.block(h.link().set(LinkUnspec::new_with_index(index).up().build()).execute())
-            .map_err(|e| nl_err("cannot set link up", e))
+        self.block(
+            h.link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute(),
+        )
+        .map_err(|e| nl_err("cannot set link up", e))
     }
 
     /// Deletes a link by name; a missing link is success.
     pub fn delete(&self, h: &Handle, name: &str) -> Result<bool> {
-        let Some(info) = self.link(h, name)? else { return Ok(false) };
+        let Some(info) = self.link(h, name)? else {
+            return Ok(false);
+        };
         match self.block(h.link().del(info.index).execute()) {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
@@ -139,13 +189,23 @@ impl Netlink {
     }
 
     pub fn add_address(&self, h: &Handle, index: u32, addr: IpNet) -> Result<()> {
-        self.block(h.address().add(index, addr.addr(), addr.prefix_len()).execute())
-            .map_err(|e| nl_err(format!("cannot add address {addr}"), e))
+        self.block(
+            h.address()
+                .add(index, addr.addr(), addr.prefix_len())
+                .execute(),
+        )
+        .map_err(|e| nl_err(format!("cannot add address {addr}"), e))
     }
 
     pub fn addresses(&self, h: &Handle, index: u32) -> Result<Vec<IpNet>> {
         let msgs: Vec<_> = self
-            .block(h.address().get().set_link_index_filter(index).execute().try_collect())
+            .block(
+                h.address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+                    .try_collect(),
+            )
             .map_err(|e| nl_err("cannot list addresses", e))?;
         Ok(msgs
             .iter()
@@ -160,13 +220,21 @@ impl Netlink {
             .collect())
     }
 
-    pub fn add_route(&self, h: &Handle, index: u32, route: &Route, gw: Option<IpAddr>) -> Result<()> {
+    pub fn add_route(
+        &self,
+        h: &Handle,
+        index: u32,
+        route: &Route,
+        gw: Option<IpAddr>,
+    ) -> Result<()> {
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.dst.addr(), route.dst.prefix_len())
             .map_err(|e| nl_err(format!("bad route {}", route.dst), e))?
             .output_interface(index);
         if let Some(gw) = gw {
-            b = b.gateway(gw).map_err(|e| nl_err(format!("bad gateway {gw}"), e))?;
+            b = b
+                .gateway(gw)
+                .map_err(|e| nl_err(format!("bad gateway {gw}"), e))?;
         }
         if let Some(p) = route.priority {
             b = b.priority(p);
@@ -220,16 +288,29 @@ fn route_of(m: &RouteMessage, index: u32) -> Option<(IpNet, Option<IpAddr>)> {
         AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
     });
-    Some((IpNet::new(dst, m.header.destination_prefix_length).ok()?, gw))
+    Some((
+        IpNet::new(dst, m.header.destination_prefix_length).ok()?,
+        gw,
+    ))
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo { index: msg.header.index, mtu: 0, mac: None, up: msg.header.flags.contains(LinkFlags::Up) };
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
     for a in &msg.attributes {
         match a {
             LinkAttribute::Mtu(m) => info.mtu = *m,
             LinkAttribute::Address(b) if b.len() == 6 => {
-                info.mac = Some(b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"))
+                info.mac = Some(
+                    b.iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                )
             }
             _ => {}
         }

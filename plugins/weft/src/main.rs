@@ -1,10 +1,13 @@
 //! `weft`: the CNI plugin binary. See the README for its config keys.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
+
 mod add;
 mod check;
 mod config;
 mod del;
 mod ethtool;
+mod fastdel;
 mod gc;
 mod link;
 mod names;
@@ -44,6 +47,10 @@ impl Plugin for Weft {
     }
 }
 
+/// When the process started, for the debug log's phase timings.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> std::process::ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     weft_cni::skel::main(&Weft)
 }

@@ -5,7 +5,11 @@ use sha2::{Digest, Sha256};
 /// Host end of the veth: "wft" + 12 hex digits of a hash of container id and
 /// ifname, 15 bytes, the kernel's limit. Deterministic, so DEL finds it again.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
-    let digest = Sha256::new().chain_update(container_id).chain_update([0u8]).chain_update(ifname).finalize();
+    let digest = Sha256::new()
+        .chain_update(container_id)
+        .chain_update([0u8])
+        .chain_update(ifname)
+        .finalize();
     let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     format!("wft{hex}")
 }

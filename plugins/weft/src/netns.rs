@@ -19,10 +19,12 @@ pub struct NetnsGuard {
 
 impl NetnsGuard {
     pub fn enter(target: &File) -> Result<Self> {
-        let original = File::open("/proc/thread-self/ns/net")
-            .map_err(|e| Error::new(error::NETNS_FAILURE, "cannot open own netns").with_details(e))?;
-        setns(target.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Error::new(error::NETNS_FAILURE, "cannot enter the container's netns").with_details(e))?;
+        let original = File::open("/proc/thread-self/ns/net").map_err(|e| {
+            Error::new(error::NETNS_FAILURE, "cannot open own netns").with_details(e)
+        })?;
+        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            Error::new(error::NETNS_FAILURE, "cannot enter the container's netns").with_details(e)
+        })?;
         Ok(NetnsGuard { original })
     }
 }
@@ -39,7 +41,11 @@ impl Drop for NetnsGuard {
 /// Opens a namespace file, telling a vanished namespace from other failures.
 pub fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound { error::UNKNOWN_CONTAINER } else { error::NETNS_FAILURE };
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            error::UNKNOWN_CONTAINER
+        } else {
+            error::NETNS_FAILURE
+        };
         Error::new(code, format!("cannot open netns {}", path.display())).with_details(e)
     })
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_cni::error::{self, Error, Result};
-use weft_ovsdb::{plan, read_map, read_uuid, Client, OvsError, OvsErrorKind};
+use weft_ovsdb::{plan, read_map, read_uuid, Client, OvsError, OvsErrorKind, PendingTxn};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,7 +28,10 @@ pub struct FoundPort {
 
 impl FoundPort {
     pub fn id(&self, key: &str) -> Option<&str> {
-        self.external_ids.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.external_ids
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -38,7 +41,8 @@ pub struct Ovs {
 
 impl Ovs {
     pub fn connect(socket: &Path) -> Result<Self> {
-        let client = Client::connect(socket, TIMEOUT).map_err(|e| Error::new(error::OVSDB_FAILURE, e.msg))?;
+        let client = Client::connect(socket, TIMEOUT)
+            .map_err(|e| Error::new(error::OVSDB_FAILURE, e.msg))?;
         Ok(Ovs { client })
     }
 
@@ -54,30 +58,60 @@ impl Ovs {
         }
     }
 
-    /// Attaches `port` to `bridge`, creating the bridge with `datapath_type`
-    /// when missing, and returns the bridge's actual datapath type once
-    /// ovs-vswitchd has opened the port.
-    pub fn attach(&mut self, bridge: &str, datapath_type: &str, port: &str, ids: &[(&str, &str)]) -> Result<String> {
+    /// Sends the transaction that attaches `port` to `bridge` and returns at
+    /// once; [`Ovs::finish_attach`] waits for ovs-vswitchd.
+    pub fn begin_attach(
+        &mut self,
+        bridge: &str,
+        port: &str,
+        ids: &[(&str, &str)],
+    ) -> Result<PendingTxn> {
+        self.client
+            .send_and_wait(&plan::add_port(bridge, port, ids))
+            .map_err(ovs_err)
+    }
+
+    /// Waits for the attach, creating the bridge with `datapath_type` when it
+    /// was missing, and returns the bridge's datapath type once ovs-vswitchd
+    /// has opened the port.
+    pub fn finish_attach(
+        &mut self,
+        pending: PendingTxn,
+        bridge: &str,
+        datapath_type: &str,
+        port: &str,
+        ids: &[(&str, &str)],
+    ) -> Result<String> {
         let ops = plan::add_port(bridge, port, ids);
+        let mut outcome = self.client.finish(pending);
         let mut tried_bridge = false;
         let mut tried_stale = false;
         let results = loop {
-            match self.client.transact_and_wait(&ops) {
+            match outcome {
                 Ok(r) => break r,
                 // The leading `wait` times out when the bridge does not exist yet.
-                Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("timed out") && !tried_bridge => {
+                Err(e)
+                    if e.kind == OvsErrorKind::Refused
+                        && e.msg.contains("timed out")
+                        && !tried_bridge =>
+                {
                     tried_bridge = true;
                     self.create_bridge(bridge, datapath_type)?;
                 }
                 // A port row of the same name outlived its link (a crash between
                 // steps); its name is ours, derived from this container and ifname.
-                Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") && !tried_stale => {
+                Err(e)
+                    if e.kind == OvsErrorKind::Refused
+                        && e.msg.contains("constraint violation")
+                        && !tried_stale =>
+                {
                     tried_stale = true;
                     tracing::warn!(port, "removing a stale OVS port of the same name");
                     self.detach(port)?;
                 }
                 Err(e) => return Err(ovs_err(e)),
             }
+            outcome = self.client.transact_and_wait(&ops);
         };
         let dp = results
             .get(plan::ADD_PORT_BRIDGE_SELECT)
@@ -90,23 +124,42 @@ impl Ovs {
     }
 
     fn create_bridge(&mut self, bridge: &str, datapath_type: &str) -> Result<()> {
-        match self.client.transact_and_wait(&plan::create_bridge(bridge, datapath_type, &[("weft.bridge", "true")])) {
+        match self.client.transact_and_wait(&plan::create_bridge(
+            bridge,
+            datapath_type,
+            &[("weft.bridge", "true")],
+        )) {
             Ok(_) => Ok(()),
             // Another ADD created it first: that is what we wanted.
-            Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") => Ok(()),
+            Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") => {
+                Ok(())
+            }
             Err(e) => Err(ovs_err(e)),
         }
     }
 
     /// ovs-vswitchd writes `error` or ofport -1 when it cannot use an interface.
     pub fn port_healthy(&mut self, port: &str) -> Result<()> {
-        let r = self.client.transact(&plan::interface_state(port)).map_err(ovs_err)?;
-        let row = r.first().and_then(|r| r["rows"].get(0)).cloned().unwrap_or(Value::Null);
+        let r = self
+            .client
+            .transact(&plan::interface_state(port))
+            .map_err(ovs_err)?;
+        let row = r
+            .first()
+            .and_then(|r| r["rows"].get(0))
+            .cloned()
+            .unwrap_or(Value::Null);
         if let Some(msg) = row["error"].as_str() {
-            return Err(Error::new(error::OVS_PORT_FAILURE, format!("ovs-vswitchd cannot use {port}: {msg}")));
+            return Err(Error::new(
+                error::OVS_PORT_FAILURE,
+                format!("ovs-vswitchd cannot use {port}: {msg}"),
+            ));
         }
         if row["ofport"].as_i64().is_none_or(|p| p < 1) {
-            return Err(Error::new(error::OVS_PORT_FAILURE, format!("ovs-vswitchd gave {port} no OpenFlow port")));
+            return Err(Error::new(
+                error::OVS_PORT_FAILURE,
+                format!("ovs-vswitchd gave {port} no OpenFlow port"),
+            ));
         }
         Ok(())
     }
@@ -121,12 +174,17 @@ impl Ovs {
         Ok(true)
     }
 
+    /// Removes ports from the configuration. We do not wait for ovs-vswitchd
+    /// to tear them down (10 ms on a busy host): the database is what it
+    /// follows, and nothing after a removal depends on its timing.
     pub fn remove(&mut self, ports: &[FoundPort]) -> Result<()> {
         if ports.is_empty() {
             return Ok(());
         }
         let uuids: Vec<String> = ports.iter().map(|p| p.uuid.clone()).collect();
-        self.client.transact_and_wait(&plan::remove_ports(&uuids)).map_err(ovs_err)?;
+        self.client
+            .transact(&plan::remove_ports(&uuids))
+            .map_err(ovs_err)?;
         Ok(())
     }
 
@@ -140,7 +198,11 @@ impl Ovs {
 
     fn find(&mut self, ops: Vec<Value>) -> Result<Vec<FoundPort>> {
         let r = self.client.transact(&ops).map_err(ovs_err)?;
-        let rows = r.first().and_then(|r| r["rows"].as_array()).cloned().unwrap_or_default();
+        let rows = r
+            .first()
+            .and_then(|r| r["rows"].as_array())
+            .cloned()
+            .unwrap_or_default();
         Ok(rows
             .iter()
             .filter_map(|row| {
@@ -155,19 +217,30 @@ impl Ovs {
 
     /// Is `port_uuid` one of `bridge`'s ports?
     pub fn bridge_has_port(&mut self, bridge: &str, port_uuid: &str) -> Result<bool> {
-        let r = self.client.transact(&plan::port_state(bridge, "")).map_err(ovs_err)?;
-        let ports = &r.first().and_then(|r| r["rows"].get(0)).cloned().unwrap_or(Value::Null)["ports"];
+        let r = self
+            .client
+            .transact(&plan::port_state(bridge, ""))
+            .map_err(ovs_err)?;
+        let ports = &r
+            .first()
+            .and_then(|r| r["rows"].get(0))
+            .cloned()
+            .unwrap_or(Value::Null)["ports"];
         // A set of one is sent bare as ["uuid", x]; larger ones as ["set", [...]].
         let has = match read_uuid(ports) {
             Some(u) => u == port_uuid,
-            None => ports.get(1).and_then(Value::as_array).is_some_and(|items| {
-                items.iter().any(|i| read_uuid(i) == Some(port_uuid))
-            }),
+            None => ports
+                .get(1)
+                .and_then(Value::as_array)
+                .is_some_and(|items| items.iter().any(|i| read_uuid(i) == Some(port_uuid))),
         };
         Ok(has)
     }
 
     pub fn ping(&mut self) -> Result<()> {
-        self.client.transact(&plan::ping()).map(|_| ()).map_err(ovs_err)
+        self.client
+            .transact(&plan::ping())
+            .map(|_| ())
+            .map_err(ovs_err)
     }
 }

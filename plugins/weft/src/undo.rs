@@ -1,8 +1,10 @@
 //! An undo stack: each side effect of ADD pushes its inverse; unless the ADD
 //! commits, dropping the stack runs them in reverse order.
 
+type Step<'a> = Box<dyn FnOnce() -> Result<(), String> + 'a>;
+
 pub struct Undo<'a> {
-    steps: Vec<(&'static str, Box<dyn FnOnce() -> Result<(), String> + 'a>)>,
+    steps: Vec<(&'static str, Step<'a>)>,
 }
 
 impl<'a> Undo<'a> {
@@ -48,14 +50,23 @@ mod tests {
         let log = RefCell::new(Vec::new());
         {
             let mut u = Undo::new();
-            u.push("a", || Ok(log.borrow_mut().push("a")));
+            u.push("a", || {
+                log.borrow_mut().push("a");
+                Ok(())
+            });
             u.push("b", || Err("fails".into()));
-            u.push("c", || Ok(log.borrow_mut().push("c")));
+            u.push("c", || {
+                log.borrow_mut().push("c");
+                Ok(())
+            });
         }
         assert_eq!(*log.borrow(), vec!["c", "a"]);
         log.borrow_mut().clear();
         let mut u = Undo::new();
-        u.push("a", || Ok(log.borrow_mut().push("a")));
+        u.push("a", || {
+            log.borrow_mut().push("a");
+            Ok(())
+        });
         u.commit();
         assert!(log.borrow().is_empty());
     }

@@ -1,0 +1,37 @@
+//! `weft-harness`: the demo and the benchmarks.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "weft's simulated hosts: demo and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Two containers on one simulated host, pinging each other through OVS.
+    Demo,
+    /// ADD/DEL latency of weft against the reference bridge plugin, side by side.
+    Bench {
+        /// ADD/DEL cycles per side.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
+    /// Removes what killed harness runs left behind.
+    Sweep,
+}
+
+fn main() -> Result<()> {
+    weft_harness::cleanup::init();
+    match Cli::parse().cmd {
+        Cmd::Demo => weft_harness::demo::run(),
+        Cmd::Bench { runs } => weft_harness::bench::run(runs),
+        Cmd::Sweep => {
+            weft_harness::cleanup::sweep_stale();
+            Ok(())
+        }
+    }
+}
