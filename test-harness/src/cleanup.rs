@@ -21,6 +21,7 @@ pub enum Resource {
 static REGISTRY: Mutex<Vec<(u64, Resource)>> = Mutex::new(Vec::new());
 static NEXT: AtomicU64 = AtomicU64::new(1);
 static INIT: Once = Once::new();
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A registered resource; dropping it tears the resource down.
 #[derive(Debug)]
@@ -55,11 +56,23 @@ pub fn init() {
     INIT.call_once(|| {
         sweep_stale();
         let _ = ctrlc::set_handler(|| {
+            INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("weft-harness: interrupted; cleaning up");
             teardown_all();
             std::process::exit(130);
         });
     });
+}
+
+/// Call before exiting normally: if Ctrl-C is being handled, the main thread
+/// (which may be failing because its namespaces vanish) must not exit under
+/// the handler's feet, so it waits for the handler to end the process.
+pub fn yield_to_interrupt() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
 }
 
 pub fn teardown_all() {

@@ -26,12 +26,14 @@ enum Cmd {
 
 fn main() -> Result<()> {
     weft_harness::cleanup::init();
-    match Cli::parse().cmd {
+    let result = match Cli::parse().cmd {
         Cmd::Demo => weft_harness::demo::run(),
         Cmd::Bench { runs } => weft_harness::bench::run(runs),
         Cmd::Sweep => {
             weft_harness::cleanup::sweep_stale();
             Ok(())
         }
-    }
+    };
+    weft_harness::cleanup::yield_to_interrupt();
+    result
 }

@@ -177,3 +177,29 @@ fn static_ip_and_mac_from_cni_args_and_runtime_config() {
     assert_eq!(r["interfaces"][1]["mac"], "0a:58:0a:50:00:33");
     assert!(podman.netns.ping("10.80.0.51"));
 }
+
+/// conf/10-weft.conflist as shipped, pointed at the simulated host's OVS.
+#[test]
+fn conf_example_works() {
+    require_root();
+    let host = Host::new("conf").unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/10-weft.conflist");
+    let mut conflist: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let plugin = &mut conflist["plugins"][0];
+    plugin["ovsdbSocket"] = host.db_sock().display().to_string().into();
+    plugin["logFile"] = host.dir.path.join("weft.log").display().to_string().into();
+    plugin["ipam"]["dataDir"] = host.ipam_dir().display().to_string().into();
+    let net = weft_harness::Network::new(conflist).unwrap();
+    assert_eq!(net.version, "1.1.0", "cniVersions picks the highest common version");
+    let a = Container::new("ca").unwrap();
+    let b = Container::new("cb").unwrap();
+    let ra = net.add(&host, &a, "eth0", &Attach::default()).unwrap().unwrap();
+    let rb = net.add(&host, &b, "eth0", &Attach::default()).unwrap().unwrap();
+    assert!(a.netns.ping(rb["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap()));
+    assert!(net.check(&host, &a, "eth0", &ra).unwrap().success);
+    for (c, r) in [(&a, &ra), (&b, &rb)] {
+        assert!(net.del(&host, &c.id, Some(c.path()), "eth0", Some(r)).unwrap().success);
+    }
+    assert_clean(&host, "blue");
+    assert!(std::fs::read_to_string(host.dir.path.join("weft.log")).unwrap().contains("attached"), "logFile is written");
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# weft's one entry point on a Debian 12 machine, run as root:
+#   ./dev.sh demo    install what is missing, build, run the demo
+#   ./dev.sh test    install what is missing, build, run every test
+#   ./dev.sh bench   install what is missing, build, run the benchmarks
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(
+  openvswitch-switch etcd-server protobuf-compiler iproute2 iputils-ping ethtool iperf3
+  containernetworking-plugins build-essential pkg-config ca-certificates curl
+)
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "dev.sh: run as root (network namespaces and Open vSwitch need it)" >&2
+    exit 1
+  fi
+}
+
+install_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "dev.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    # Debian 12's own rustc is too old for the dependencies; rustup is the usual way.
+    echo "dev.sh: installing Rust with rustup"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >/dev/null
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+}
+
+build() {
+  cargo build --release --workspace --bins --quiet
+  export WEFT_BIN_DIR="$PWD/target/release"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  demo)
+    need_root; install_packages; build
+    "$WEFT_BIN_DIR/weft-harness" demo
+    ;;
+  test)
+    need_root; install_packages; build
+    cargo test --release --workspace
+    ;;
+  bench)
+    need_root; install_packages; build
+    "$WEFT_BIN_DIR/weft-harness" bench --runs "${RUNS:-200}"
+    ;;
+  *)
+    echo "usage: $0 demo|test|bench" >&2
+    exit 2
+    ;;
+esac
