@@ -193,3 +193,29 @@ fn status_is_50_when_ovs_is_down() {
     host.ovs.restart_ovsdb().unwrap();
     assert!(net.status(&host).unwrap().success);
 }
+
+#[test]
+fn check_reports_drift() {
+    require_root();
+    let host = Host::new("fchk").unwrap();
+    let net = weft_network(&host, "chk", "1.0.0", "10.81.0.0/24");
+    let c = Container::new("ck").unwrap();
+    let r = net.add(&host, &c, "eth0", &Attach::default()).unwrap().unwrap();
+    assert!(net.check(&host, &c, "eth0", &r).unwrap().success);
+
+    c.netns.ok(&["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
+    assert_eq!(net.check(&host, &c, "eth0", &r).unwrap().code(), Some(106), "MTU drift");
+    c.netns.ok(&["ip", "link", "set", "eth0", "mtu", "1450"]).unwrap();
+
+    c.netns.ok(&["ip", "addr", "flush", "dev", "eth0"]).unwrap();
+    assert_eq!(net.check(&host, &c, "eth0", &r).unwrap().code(), Some(106), "address drift");
+    let addr = r["ips"][0]["address"].as_str().unwrap();
+    c.netns.ok(&["ip", "addr", "add", addr, "dev", "eth0"]).unwrap();
+    c.netns.ok(&["ip", "route", "add", "default", "via", "10.81.0.1"]).unwrap();
+    assert!(net.check(&host, &c, "eth0", &r).unwrap().success, "restored");
+
+    let port = r["interfaces"][0]["name"].as_str().unwrap();
+    host.ovs.vsctl(&["del-port", "br-weft", port]).unwrap();
+    assert_eq!(net.check(&host, &c, "eth0", &r).unwrap().code(), Some(106), "OVS port gone");
+    assert!(net.del(&host, &c.id, Some(c.path()), "eth0", Some(&r)).unwrap().success);
+}
