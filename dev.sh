@@ -40,8 +40,16 @@ install_packages() {
 }
 
 build() {
-  cargo build --release --workspace --bins --quiet
-  export WEFT_BIN_DIR="$PWD/target/release"
+  # Static binaries, like the reference plugins: they run on any host whatever
+  # its glibc, and start ~0.25 ms faster (no shared libraries to load). An
+  # explicit --target keeps the flag off build scripts and proc-macros.
+  HOST_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
+  case "$HOST_TRIPLE" in
+    *-linux-gnu) export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" ;;
+  esac
+  CARGO_FLAGS=(--release --target "$HOST_TRIPLE")
+  cargo build "${CARGO_FLAGS[@]}" --workspace --bins --quiet
+  export WEFT_BIN_DIR="$PWD/target/$HOST_TRIPLE/release"
 }
 
 cmd="${1:-}"
@@ -52,7 +60,7 @@ case "$cmd" in
     ;;
   test)
     need_root; install_packages; build
-    cargo test --release --workspace
+    cargo test "${CARGO_FLAGS[@]}" --workspace
     ;;
   bench)
     need_root; install_packages; build
