@@ -97,7 +97,16 @@ impl Ovs {
         let child = cmd.spawn().context("starting ovsdb-server")?;
         let token = cleanup::register(Resource::Process(child.id() as i32));
         self.ovsdb = Some((child, token));
-        wait_for(&self.db_sock, "ovsdb-server")
+        wait_for(&self.db_sock, "ovsdb-server")?;
+        // The file appears at bind(), a moment before listen(): wait for both.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.db_sock).is_err() {
+            if Instant::now() > deadline {
+                bail!("ovsdb-server does not accept connections on {}", self.db_sock.display());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Stops ovsdb-server (and so makes the socket unreachable), for STATUS tests.

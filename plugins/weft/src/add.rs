@@ -92,7 +92,10 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     if let Some(ns) = &ctx.env.args.k8s_pod_namespace {
         tags.push((ids::POD_NAMESPACE, ns));
     }
-    // ovs-vswitchd opens the port while we bring the links up.
+    // Up before ovs-vswitchd opens it: with the port opened while its link
+    // was still down, traffic sometimes never flowed (1 in ~36 test runs).
+    nl.set_up(nl.host(), host_link.index)?;
+    // ovs-vswitchd opens the port while we bring the container end up.
     let attaching = ovs
         .borrow_mut()
         .begin_attach(&cfg.bridge, &host_name, &tags);
@@ -104,7 +107,6 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     });
     let attaching = attaching?;
 
-    nl.set_up(nl.host(), host_link.index)?;
     // Up before it has addresses, so link-up work (addrconf, notifiers)
     // overlaps the IPAM wait instead of following it.
     let link = nl.link(&cont.handle, ifname)?.ok_or_else(|| {
