@@ -68,7 +68,7 @@ pub fn run() -> Result<()> {
         .into_iter()
         .zip([&results[1], &results[0]])
     {
-        let target = addr(to).split('/').next().unwrap_or_default().to_string();
+        let target = crate::runtime::first_address(to).unwrap_or_default();
         println!("\n{from}$ ping -c 3 {target}");
         let out = c.netns.exec(&["ping", "-c", "3", "-i", "0.2", &target])?;
         print!("{}", String::from_utf8_lossy(&out.stdout));

@@ -102,7 +102,10 @@ impl Ovs {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&self.db_sock).is_err() {
             if Instant::now() > deadline {
-                bail!("ovsdb-server does not accept connections on {}", self.db_sock.display());
+                bail!(
+                    "ovsdb-server does not accept connections on {}",
+                    self.db_sock.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }

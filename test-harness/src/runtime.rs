@@ -423,3 +423,9 @@ pub fn flatten_ids(v: &Value) -> std::collections::BTreeMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+/// The first address of a CNI result, without its prefix length.
+pub fn first_address(result: &Value) -> Option<String> {
+    let cidr = result["ips"][0]["address"].as_str()?;
+    Some(cidr.split('/').next().unwrap_or(cidr).to_string())
+}

@@ -200,22 +200,73 @@ fn check_reports_drift() {
     let host = Host::new("fchk").unwrap();
     let net = weft_network(&host, "chk", "1.0.0", "10.81.0.0/24");
     let c = Container::new("ck").unwrap();
-    let r = net.add(&host, &c, "eth0", &Attach::default()).unwrap().unwrap();
+    let r = net
+        .add(&host, &c, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
     assert!(net.check(&host, &c, "eth0", &r).unwrap().success);
 
-    c.netns.ok(&["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
-    assert_eq!(net.check(&host, &c, "eth0", &r).unwrap().code(), Some(106), "MTU drift");
-    c.netns.ok(&["ip", "link", "set", "eth0", "mtu", "1450"]).unwrap();
+    c.netns
+        .ok(&["ip", "link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
+    assert_eq!(
+        net.check(&host, &c, "eth0", &r).unwrap().code(),
+        Some(106),
+        "MTU drift"
+    );
+    c.netns
+        .ok(&["ip", "link", "set", "eth0", "mtu", "1450"])
+        .unwrap();
 
     c.netns.ok(&["ip", "addr", "flush", "dev", "eth0"]).unwrap();
-    assert_eq!(net.check(&host, &c, "eth0", &r).unwrap().code(), Some(106), "address drift");
+    assert_eq!(
+        net.check(&host, &c, "eth0", &r).unwrap().code(),
+        Some(106),
+        "address drift"
+    );
     let addr = r["ips"][0]["address"].as_str().unwrap();
-    c.netns.ok(&["ip", "addr", "add", addr, "dev", "eth0"]).unwrap();
-    c.netns.ok(&["ip", "route", "add", "default", "via", "10.81.0.1"]).unwrap();
-    assert!(net.check(&host, &c, "eth0", &r).unwrap().success, "restored");
+    c.netns
+        .ok(&["ip", "addr", "add", addr, "dev", "eth0"])
+        .unwrap();
+    c.netns
+        .ok(&["ip", "route", "add", "default", "via", "10.81.0.1"])
+        .unwrap();
+    assert!(
+        net.check(&host, &c, "eth0", &r).unwrap().success,
+        "restored"
+    );
 
     let port = r["interfaces"][0]["name"].as_str().unwrap();
     host.ovs.vsctl(&["del-port", "br-weft", port]).unwrap();
-    assert_eq!(net.check(&host, &c, "eth0", &r).unwrap().code(), Some(106), "OVS port gone");
+    assert_eq!(
+        net.check(&host, &c, "eth0", &r).unwrap().code(),
+        Some(106),
+        "OVS port gone"
+    );
+    assert!(
+        net.del(&host, &c.id, Some(c.path()), "eth0", Some(&r))
+            .unwrap()
+            .success
+    );
+}
+
+/// DEL is best effort: a missing IPAM plugin is reported, but the port and
+/// the veth go anyway; the runtime's retry with a working config releases
+/// the address.
+#[test]
+fn del_removes_port_and_veth_even_when_ipam_is_missing() {
+    require_root();
+    let host = Host::new("fnoipam").unwrap();
+    let net = weft_network(&host, "noipam", "1.0.0", "10.82.0.0/24");
+    let c = Container::new("ni").unwrap();
+    let r = net.add(&host, &c, "eth0", &Attach::default()).unwrap().unwrap();
+
+    let mut broken = net.clone();
+    broken.conflist["plugins"][0]["ipam"]["type"] = json!("no-such-ipam");
+    let out = broken.del(&host, &c.id, Some(c.path()), "eth0", Some(&r)).unwrap();
+    assert_eq!(out.code(), Some(102), "{}", out.stdout);
+    assert_only(&host, "noipam", 0, 0, 1);
+
     assert!(net.del(&host, &c.id, Some(c.path()), "eth0", Some(&r)).unwrap().success);
+    assert_only(&host, "noipam", 0, 0, 0);
 }

@@ -13,14 +13,22 @@ use weft_harness::{require_root, Host};
 fn leftovers_of(pid: u32) -> Vec<String> {
     let mut found = Vec::new();
     let ns_prefix = format!("wft-{pid}-");
-    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().to_string();
         if n.starts_with(&ns_prefix) {
             found.push(format!("netns {n}"));
         }
     }
     let dir_prefix = format!("weft-harness-{pid}-");
-    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().to_string();
         if n.starts_with(&dir_prefix) {
             found.push(format!("dir {n}"));
@@ -66,7 +74,10 @@ fn cleans_up_after_a_panicking_test() {
         panic!("a test failing half-way");
     });
     assert!(result.is_err());
-    let left: Vec<String> = leftovers_of(me).into_iter().filter(|l| l.contains("panics")).collect();
+    let left: Vec<String> = leftovers_of(me)
+        .into_iter()
+        .filter(|l| l.contains("panics"))
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -75,8 +86,15 @@ fn cleans_up_on_ctrl_c() {
     require_root();
     let mut demo = demo_in_progress();
     let pid = demo.id();
-    assert!(!leftovers_of(pid).is_empty(), "the demo should have created something");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(
+        !leftovers_of(pid).is_empty(),
+        "the demo should have created something"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = demo.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert_eq!(leftovers_of(pid), Vec::<String>::new());
@@ -89,7 +107,10 @@ fn sweep_removes_what_a_killed_run_left() {
     let pid = demo.id();
     demo.kill().unwrap();
     demo.wait().unwrap();
-    assert!(!leftovers_of(pid).is_empty(), "SIGKILL leaves things for the sweep");
+    assert!(
+        !leftovers_of(pid).is_empty(),
+        "SIGKILL leaves things for the sweep"
+    );
     weft_harness::cleanup::sweep_stale();
     assert_eq!(leftovers_of(pid), Vec::<String>::new());
 }

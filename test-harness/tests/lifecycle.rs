@@ -2,7 +2,7 @@
 //! The full cycle on one host, for every cniVersion weft speaks: ADD two
 //! containers, ping between them through OVS, CHECK, DEL, nothing left.
 
-use weft_harness::runtime::weft_network;
+use weft_harness::runtime::{first_address, weft_network};
 use weft_harness::{require_root, Attach, Container, Host};
 
 fn assert_clean(host: &Host, network: &str) {
@@ -49,13 +49,7 @@ fn add_ping_check_del_every_version() {
             a.path().display().to_string()
         );
 
-        let ip_b = rb["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip_b = first_address(&rb).unwrap();
         assert!(a.netns.ping(&ip_b), "{version}: a cannot ping b at {ip_b}");
 
         if *version != "0.3.0" && *version != "0.3.1" {
@@ -130,22 +124,41 @@ fn conf_example_works() {
     require_root();
     let host = Host::new("conf").unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/10-weft.conflist");
-    let mut conflist: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let plugin = &mut conflist["plugins"][0];
     plugin["ovsdbSocket"] = host.db_sock().display().to_string().into();
     plugin["logFile"] = host.dir.path.join("weft.log").display().to_string().into();
     plugin["ipam"]["dataDir"] = host.ipam_dir().display().to_string().into();
     let net = weft_harness::Network::new(conflist).unwrap();
-    assert_eq!(net.version, "1.1.0", "cniVersions picks the highest common version");
+    assert_eq!(
+        net.version, "1.1.0",
+        "cniVersions picks the highest common version"
+    );
     let a = Container::new("ca").unwrap();
     let b = Container::new("cb").unwrap();
-    let ra = net.add(&host, &a, "eth0", &Attach::default()).unwrap().unwrap();
-    let rb = net.add(&host, &b, "eth0", &Attach::default()).unwrap().unwrap();
-    assert!(a.netns.ping(rb["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap()));
+    let ra = net
+        .add(&host, &a, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    let rb = net
+        .add(&host, &b, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    assert!(a.netns.ping(&first_address(&rb).unwrap()));
     assert!(net.check(&host, &a, "eth0", &ra).unwrap().success);
     for (c, r) in [(&a, &ra), (&b, &rb)] {
-        assert!(net.del(&host, &c.id, Some(c.path()), "eth0", Some(r)).unwrap().success);
+        assert!(
+            net.del(&host, &c.id, Some(c.path()), "eth0", Some(r))
+                .unwrap()
+                .success
+        );
     }
     assert_clean(&host, "blue");
-    assert!(std::fs::read_to_string(host.dir.path.join("weft.log")).unwrap().contains("attached"), "logFile is written");
+    assert!(
+        std::fs::read_to_string(host.dir.path.join("weft.log"))
+            .unwrap()
+            .contains("attached"),
+        "logFile is written"
+    );
 }

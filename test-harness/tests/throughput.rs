@@ -2,7 +2,7 @@
 //! Bulk TCP between containers. In a test binary of its own so the userspace
 //! datapath forwarding flat out never shares the CPU with other tests.
 
-use weft_harness::runtime::weft_network;
+use weft_harness::runtime::{first_address, weft_network};
 use weft_harness::{require_root, Attach, Container, Host};
 
 /// With the netdev datapath TCP only works if the container computes its own
@@ -21,13 +21,7 @@ fn tcp_transfer_between_containers() {
         .add(&host, &b, "eth0", &Attach::default())
         .unwrap()
         .unwrap();
-    let ip_b = rb["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip_b = first_address(&rb).unwrap();
     let mut server = b
         .netns
         .command("iperf3")
@@ -58,4 +52,3 @@ fn tcp_transfer_between_containers() {
         "sent {sent}, received {received}"
     );
 }
-

@@ -68,11 +68,11 @@ pub fn find_port_by_name(name: &str) -> Vec<Value> {
     ]
 }
 
-/// The bridge a port hangs off and the port's interface state.
-pub fn port_state(bridge: &str, port: &str) -> Vec<Value> {
+/// A bridge's ports and datapath type.
+pub fn bridge(bridge: &str) -> Vec<Value> {
     vec![
-        json!({"op": "select", "table": "Bridge", "where": [["name", "==", bridge]], "columns": ["ports", "datapath_type"]}),
-        json!({"op": "select", "table": "Interface", "where": [["name", "==", port]], "columns": ["ofport", "error"]}),
+        json!({"op": "select", "table": "Bridge", "where": [["name", "==", bridge]],
+                "columns": ["ports", "datapath_type"]}),
     ]
 }
 

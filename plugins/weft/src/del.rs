@@ -16,8 +16,10 @@ pub fn del(ctx: &Context, cfg: &Config) -> Result<()> {
     let t0 = std::time::Instant::now();
     let phase = |what: &str| tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1000.0, "{what}");
     let host_name = names::host_veth(ctx.env.container_id(), ctx.env.ifname());
-    let ipam_bin = delegate::find(&cfg.ipam_type, &ctx.env.path)?;
-    let pending = delegate::spawn(&ipam_bin, Command::Del, &cfg.raw)?;
+    // A missing IPAM plugin must not stop us removing the port and the veth;
+    // its error is reported after everything else has been tried.
+    let pending = delegate::find(&cfg.ipam_type, &ctx.env.path)
+        .and_then(|bin| delegate::spawn(&bin, Command::Del, &cfg.raw));
 
     // The kernel's veth teardown and ovs-vswitchd's port teardown each take
     // ~10 ms and do not depend on each other, so they overlap.
@@ -31,7 +33,7 @@ pub fn del(ctx: &Context, cfg: &Config) -> Result<()> {
         (ovs, links)
     });
     phase("links removed");
-    let ipam_result = pending.wait().map(|_| ());
+    let ipam_result = pending.and_then(|p| p.wait()).map(|_| ());
     phase("ipam done");
 
     let errors: Vec<Error> = [ovs_result, link_result, ipam_result]

@@ -219,7 +219,7 @@ impl Ovs {
     pub fn bridge_has_port(&mut self, bridge: &str, port_uuid: &str) -> Result<bool> {
         let r = self
             .client
-            .transact(&plan::port_state(bridge, ""))
+            .transact(&plan::bridge(bridge))
             .map_err(ovs_err)?;
         let ports = &r
             .first()
