@@ -259,14 +259,23 @@ fn del_removes_port_and_veth_even_when_ipam_is_missing() {
     let host = Host::new("fnoipam").unwrap();
     let net = weft_network(&host, "noipam", "1.0.0", "10.82.0.0/24");
     let c = Container::new("ni").unwrap();
-    let r = net.add(&host, &c, "eth0", &Attach::default()).unwrap().unwrap();
+    let r = net
+        .add(&host, &c, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
 
     let mut broken = net.clone();
     broken.conflist["plugins"][0]["ipam"]["type"] = json!("no-such-ipam");
-    let out = broken.del(&host, &c.id, Some(c.path()), "eth0", Some(&r)).unwrap();
+    let out = broken
+        .del(&host, &c.id, Some(c.path()), "eth0", Some(&r))
+        .unwrap();
     assert_eq!(out.code(), Some(102), "{}", out.stdout);
     assert_only(&host, "noipam", 0, 0, 1);
 
-    assert!(net.del(&host, &c.id, Some(c.path()), "eth0", Some(&r)).unwrap().success);
+    assert!(
+        net.del(&host, &c.id, Some(c.path()), "eth0", Some(&r))
+            .unwrap()
+            .success
+    );
     assert_only(&host, "noipam", 0, 0, 0);
 }

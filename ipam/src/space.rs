@@ -1,0 +1,246 @@
+//! Address arithmetic for one range: which addresses may be handed out, the
+//! blocks a range is cut into, and store keys that sort like addresses.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4) as u128,
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+pub fn from_u128(v: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(v))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(v as u32))
+    }
+}
+
+fn first(net: &IpNet) -> u128 {
+    to_u128(net.network())
+}
+
+fn last(net: &IpNet) -> u128 {
+    to_u128(net.broadcast())
+}
+
+/// One validated range: a subnet, the part of it handed out, and its gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub subnet: IpNet,
+    pub start: IpAddr,
+    pub end: IpAddr,
+    pub gateway: Option<IpAddr>,
+}
+
+impl Range {
+    pub fn is_v6(&self) -> bool {
+        self.subnet.addr().is_ipv6()
+    }
+
+    /// The subnet's own address and, for IPv4, its broadcast address.
+    fn reserved(&self, ip: IpAddr) -> bool {
+        let v = to_u128(ip);
+        v == first(&self.subnet)
+            || (!self.is_v6() && v == last(&self.subnet) && self.subnet.prefix_len() < 31)
+    }
+
+    fn in_span(&self, ip: IpAddr) -> bool {
+        let v = to_u128(ip);
+        ip.is_ipv6() == self.is_v6() && v >= to_u128(self.start) && v <= to_u128(self.end)
+    }
+
+    /// May `ip` be handed out without being asked for?
+    pub fn auto_allowed(&self, ip: IpAddr, exclude: &[IpNet]) -> bool {
+        self.in_span(ip)
+            && !self.reserved(ip)
+            && Some(ip) != self.gateway
+            && !exclude.iter().any(|e| e.contains(&ip))
+    }
+
+    /// May `ip` be requested explicitly? The gateway may: a container can be
+    /// the network's router.
+    pub fn static_allowed(&self, ip: IpAddr, exclude: &[IpNet]) -> bool {
+        (self.in_span(ip) || Some(ip) == self.gateway)
+            && self.subnet.contains(&ip)
+            && !self.reserved(ip)
+            && !exclude.iter().any(|e| e.contains(&ip))
+    }
+
+    /// Aligned blocks of `prefix` that hold at least one address of the range.
+    pub fn blocks(&self, prefix: u8) -> Vec<IpNet> {
+        let prefix = prefix.max(self.subnet.prefix_len());
+        let bits: u32 = if self.is_v6() { 128 } else { 32 };
+        let size: u128 = 1u128.checked_shl(bits - prefix as u32).unwrap_or(0);
+        if size == 0 {
+            return Vec::new();
+        }
+        let (lo, hi) = (to_u128(self.start), to_u128(self.end));
+        let mut out = Vec::new();
+        let mut at = lo - lo % size;
+        while at <= hi {
+            if let Ok(net) = IpNet::new(from_u128(at, self.is_v6()), prefix) {
+                out.push(net);
+            }
+            match at.checked_add(size) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Addresses of `block` this range hands out automatically, in order.
+    pub fn usable_in(&self, block: &IpNet, exclude: &[IpNet]) -> impl Iterator<Item = IpAddr> + '_ {
+        let (lo, hi) = (
+            first(block).max(to_u128(self.start)),
+            last(block).min(to_u128(self.end)),
+        );
+        let v6 = self.is_v6();
+        let exclude = exclude.to_vec();
+        (lo..=hi)
+            .map(move |v| from_u128(v, v6))
+            .filter(move |ip| self.auto_allowed(*ip, &exclude))
+    }
+
+    /// The first address at or after `from` handed out automatically; jumps
+    /// over excluded spans, so it is quick however large they are.
+    pub fn next_usable(&self, from: IpAddr, exclude: &[IpNet]) -> Option<IpAddr> {
+        let v6 = self.is_v6();
+        let mut at = to_u128(from).max(to_u128(self.start));
+        let end = to_u128(self.end);
+        while at <= end {
+            if let Some(e) = exclude.iter().find(|e| e.contains(&from_u128(at, v6))) {
+                at = last(e).checked_add(1)?;
+                continue;
+            }
+            let ip = from_u128(at, v6);
+            if self.auto_allowed(ip, exclude) {
+                return Some(ip);
+            }
+            at = at.checked_add(1)?;
+        }
+        None
+    }
+
+    /// Does any address of this range get handed out automatically?
+    pub fn has_usable(&self, exclude: &[IpNet]) -> bool {
+        self.next_usable(self.start, exclude).is_some()
+    }
+
+    pub fn overlaps(&self, other: &Range) -> bool {
+        self.is_v6() == other.is_v6()
+            && to_u128(self.start) <= to_u128(other.end)
+            && to_u128(other.start) <= to_u128(self.end)
+    }
+}
+
+/// A store key for an address that sorts like the address: "4-0a000001",
+/// "6-" and 32 hex digits. The range of a block is then a key range.
+pub fn addr_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("4-{:08x}", u32::from(v4)),
+        IpAddr::V6(v6) => format!("6-{:032x}", u128::from(v6)),
+    }
+}
+
+/// A block's key: its first address's key and its prefix length.
+pub fn block_key(block: &IpNet) -> String {
+    format!("{}-{}", addr_key(block.network()), block.prefix_len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(subnet: &str, start: &str, end: &str, gw: Option<&str>) -> Range {
+        Range {
+            subnet: subnet.parse().unwrap(),
+            start: start.parse().unwrap(),
+            end: end.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn network_broadcast_and_gateway_are_never_automatic() {
+        let r = range("10.0.0.0/24", "10.0.0.0", "10.0.0.255", Some("10.0.0.1"));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!r.auto_allowed(ip("10.0.0.0"), &[]));
+        assert!(!r.auto_allowed(ip("10.0.0.255"), &[]));
+        assert!(!r.auto_allowed(ip("10.0.0.1"), &[]));
+        assert!(r.auto_allowed(ip("10.0.0.2"), &[]));
+        // The gateway can still be asked for by name.
+        assert!(r.static_allowed(ip("10.0.0.1"), &[]));
+        assert!(!r.static_allowed(ip("10.0.0.255"), &[]));
+        assert!(!r.static_allowed(ip("10.0.1.5"), &[]));
+    }
+
+    #[test]
+    fn exclusions_and_span_limit_candidates() {
+        let r = range("10.0.0.0/24", "10.0.0.10", "10.0.0.20", Some("10.0.0.1"));
+        let excl: Vec<IpNet> = vec!["10.0.0.12/31".parse().unwrap()];
+        let block: IpNet = "10.0.0.0/26".parse().unwrap();
+        let got: Vec<String> = r.usable_in(&block, &excl).map(|i| i.to_string()).collect();
+        assert_eq!(got.first().map(String::as_str), Some("10.0.0.10"));
+        assert!(!got.contains(&"10.0.0.12".to_string()) && !got.contains(&"10.0.0.13".to_string()));
+        assert_eq!(got.len(), 9);
+        assert!(!r.static_allowed("10.0.0.12".parse().unwrap(), &excl));
+    }
+
+    #[test]
+    fn blocks_are_aligned_and_cover_the_span() {
+        let r = range("10.244.0.0/16", "10.244.0.10", "10.244.1.200", None);
+        let blocks: Vec<String> = r.blocks(26).iter().map(|b| b.to_string()).collect();
+        assert_eq!(blocks.first().map(String::as_str), Some("10.244.0.0/26"));
+        assert_eq!(blocks.last().map(String::as_str), Some("10.244.1.192/26"));
+        assert_eq!(blocks.len(), 8);
+        // A subnet smaller than the block size is one block.
+        let small = range("10.9.0.0/28", "10.9.0.1", "10.9.0.14", None);
+        assert_eq!(
+            small.blocks(26),
+            vec!["10.9.0.0/28".parse::<IpNet>().unwrap()]
+        );
+        let v6 = range("fd00::/64", "fd00::1", "fd00::ffff", None);
+        assert_eq!(v6.blocks(122).len(), 1024);
+    }
+
+    #[test]
+    fn keys_sort_like_addresses() {
+        let a = addr_key("10.0.0.9".parse().unwrap());
+        let b = addr_key("10.0.0.10".parse().unwrap());
+        let c = addr_key("10.0.1.0".parse().unwrap());
+        assert!(a < b && b < c);
+        assert_eq!(a, "4-0a000009");
+        assert_eq!(block_key(&"10.0.0.0/26".parse().unwrap()), "4-0a000000-26");
+        assert!(addr_key("fd00::1".parse().unwrap()).starts_with("6-fd00"));
+    }
+
+    #[test]
+    fn usable_and_overlap() {
+        let tiny = range("10.0.0.0/30", "10.0.0.1", "10.0.0.1", Some("10.0.0.1"));
+        assert!(!tiny.has_usable(&[]), "only the gateway");
+        let r = range("10.0.0.0/24", "10.0.0.1", "10.0.0.254", None);
+        assert!(!r.has_usable(&["10.0.0.0/24".parse().unwrap()]));
+        // A large excluded head does not hide the free tail.
+        let big = range("10.244.0.0/16", "10.244.0.1", "10.244.255.254", None);
+        let head: Vec<IpNet> = vec![
+            "10.244.0.0/17".parse().unwrap(),
+            "10.244.128.0/18".parse().unwrap(),
+        ];
+        assert_eq!(
+            big.next_usable(big.start, &head),
+            Some("10.244.192.0".parse().unwrap())
+        );
+        assert!(big.has_usable(&head));
+        let a = range("10.0.0.0/24", "10.0.0.1", "10.0.0.100", None);
+        let b = range("10.0.0.0/24", "10.0.0.100", "10.0.0.200", None);
+        let c = range("10.0.0.0/24", "10.0.0.101", "10.0.0.200", None);
+        assert!(a.overlaps(&b));
+        assert!(!a.overlaps(&c));
+    }
+}
