@@ -3,5 +3,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
+pub mod alloc;
 pub mod config;
 pub mod space;
+pub mod store;

@@ -71,27 +71,29 @@ impl Range {
             && !exclude.iter().any(|e| e.contains(&ip))
     }
 
-    /// Aligned blocks of `prefix` that hold at least one address of the range.
-    pub fn blocks(&self, prefix: u8) -> Vec<IpNet> {
+    /// Aligned blocks of `prefix` that hold at least one address of the
+    /// range, in order. Lazy: a /64 holds 2^58 blocks of /122.
+    pub fn blocks(&self, prefix: u8) -> impl Iterator<Item = IpNet> + '_ {
         let prefix = prefix.max(self.subnet.prefix_len());
         let bits: u32 = if self.is_v6() { 128 } else { 32 };
         let size: u128 = 1u128.checked_shl(bits - prefix as u32).unwrap_or(0);
-        if size == 0 {
-            return Vec::new();
-        }
         let (lo, hi) = (to_u128(self.start), to_u128(self.end));
-        let mut out = Vec::new();
-        let mut at = lo - lo % size;
-        while at <= hi {
-            if let Ok(net) = IpNet::new(from_u128(at, self.is_v6()), prefix) {
-                out.push(net);
-            }
-            match at.checked_add(size) {
-                Some(next) => at = next,
-                None => break,
-            }
-        }
-        out
+        let first_block = if size == 0 {
+            None
+        } else {
+            Some(lo - lo % size)
+        };
+        std::iter::successors(first_block, move |at| {
+            at.checked_add(size).filter(|n| *n <= hi)
+        })
+        .filter_map(move |at| IpNet::new(from_u128(at, self.is_v6()), prefix).ok())
+    }
+
+    /// The block of `prefix` that holds `ip`.
+    pub fn block_of(&self, ip: IpAddr, prefix: u8) -> Option<IpNet> {
+        IpNet::new(ip, prefix.max(self.subnet.prefix_len()))
+            .ok()
+            .map(|n| n.trunc())
     }
 
     /// Addresses of `block` this range hands out automatically, in order.
@@ -125,6 +127,41 @@ impl Range {
             at = at.checked_add(1)?;
         }
         None
+    }
+
+    /// How many addresses this range hands out automatically.
+    pub fn usable_count(&self, exclude: &[IpNet]) -> u128 {
+        let (lo, hi) = (to_u128(self.start), to_u128(self.end));
+        let mut spans: Vec<(u128, u128)> = exclude
+            .iter()
+            .filter(|e| e.addr().is_ipv6() == self.is_v6())
+            .map(|e| (first(e).max(lo), last(e).min(hi)))
+            .filter(|(a, b)| a <= b)
+            .collect();
+        spans.sort();
+        let mut excluded = 0u128;
+        let mut covered_to: Option<u128> = None;
+        for (a, b) in spans {
+            let a = covered_to.map_or(a, |c| a.max(c.saturating_add(1)));
+            if a <= b {
+                excluded += b - a + 1;
+            }
+            covered_to = Some(covered_to.map_or(b, |c| c.max(b)));
+        }
+        let mut special: Vec<IpAddr> = vec![self.subnet.network()];
+        if !self.is_v6() {
+            special.push(self.subnet.broadcast());
+        }
+        special.extend(self.gateway);
+        special.sort();
+        special.dedup();
+        let special = special
+            .iter()
+            .filter(|ip| self.in_span(**ip) && !exclude.iter().any(|e| e.contains(*ip)))
+            .count() as u128;
+        (hi - lo + 1)
+            .saturating_sub(excluded)
+            .saturating_sub(special)
     }
 
     /// Does any address of this range get handed out automatically?
@@ -195,18 +232,19 @@ mod tests {
     #[test]
     fn blocks_are_aligned_and_cover_the_span() {
         let r = range("10.244.0.0/16", "10.244.0.10", "10.244.1.200", None);
-        let blocks: Vec<String> = r.blocks(26).iter().map(|b| b.to_string()).collect();
+        let blocks: Vec<String> = r.blocks(26).map(|b| b.to_string()).collect();
         assert_eq!(blocks.first().map(String::as_str), Some("10.244.0.0/26"));
         assert_eq!(blocks.last().map(String::as_str), Some("10.244.1.192/26"));
         assert_eq!(blocks.len(), 8);
         // A subnet smaller than the block size is one block.
         let small = range("10.9.0.0/28", "10.9.0.1", "10.9.0.14", None);
-        assert_eq!(
-            small.blocks(26),
-            vec!["10.9.0.0/28".parse::<IpNet>().unwrap()]
-        );
+        let small_blocks: Vec<IpNet> = small.blocks(26).collect();
+        assert_eq!(small_blocks, vec!["10.9.0.0/28".parse::<IpNet>().unwrap()]);
         let v6 = range("fd00::/64", "fd00::1", "fd00::ffff", None);
-        assert_eq!(v6.blocks(122).len(), 1024);
+        assert_eq!(v6.blocks(122).count(), 1024);
+        let whole = range("fd00::/64", "fd00::1", "fd00::ffff:ffff:ffff:ffff", None);
+        let fourth = whole.blocks(122).nth(3).map(|b| b.to_string());
+        assert_eq!(fourth.as_deref(), Some("fd00::c0/122"));
     }
 
     #[test]
@@ -218,6 +256,22 @@ mod tests {
         assert_eq!(a, "4-0a000009");
         assert_eq!(block_key(&"10.0.0.0/26".parse().unwrap()), "4-0a000000-26");
         assert!(addr_key("fd00::1".parse().unwrap()).starts_with("6-fd00"));
+    }
+
+    #[test]
+    fn usable_count_matches_enumeration() {
+        let r = range("10.0.0.0/24", "10.0.0.0", "10.0.0.255", Some("10.0.0.1"));
+        let excl: Vec<IpNet> = vec![
+            "10.0.0.16/28".parse().unwrap(),
+            "10.0.0.20/30".parse().unwrap(),
+            "10.0.0.1/32".parse().unwrap(),
+        ];
+        let block: IpNet = "10.0.0.0/24".parse().unwrap();
+        assert_eq!(
+            r.usable_count(&excl),
+            r.usable_in(&block, &excl).count() as u128
+        );
+        assert_eq!(r.usable_count(&[]), 253);
     }
 
     #[test]

@@ -1,0 +1,827 @@
+//! The allocator. Each node claims blocks with one transaction and hands out
+//! addresses inside them; with no free block left it borrows from other
+//! nodes' blocks. Every reservation is one compare-and-create transaction
+//! that writes the address key and the owner record together, so a crash at
+//! any point leaves both or neither, and GC can always find what is held.
+//!
+//! Keys, under `/weft/v1/ipam/<network>/`:
+//! - `blocks/<block>`: the node that claimed the block
+//! - `nodes/<node>/<block>`: the node's index of its blocks
+//! - `ips/<addr>`: a reservation; value: who holds it (container, ifname, node)
+//! - `owners/<container>/<ifname>`: the attachment's addresses and node
+//!
+//! `<addr>` and `<block>` are hex, so keys sort like addresses and a block's
+//! reservations are one key range.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_cni::error::{self, Error, Result};
+
+use crate::config::IpamConfig;
+use crate::space::{addr_key, block_key, from_u128, Range};
+use crate::store::{Compare, Kv, Read, Store, StoreError, StoreErrorKind, Write};
+
+/// A requested address nobody may have, or that is outside every range.
+pub const ADDRESS_UNAVAILABLE: u32 = 110;
+/// No free address is left in a range set.
+pub const POOL_EXHAUSTED: u32 = 111;
+/// etcd refused our credentials or certificates.
+pub const STORE_AUTH: u32 = 112;
+/// CHECK: the reservation is missing or held by someone else.
+pub const RESERVATION_MISMATCH: u32 = 113;
+
+/// Gives up after this many lost races in one call; the runtime may retry.
+const MAX_ATTEMPTS: usize = 200;
+
+pub fn store_err(e: StoreError) -> Error {
+    match e.kind {
+        StoreErrorKind::Unavailable => Error::new(
+            error::TRY_AGAIN_LATER,
+            format!("etcd is unavailable: {}", e.msg),
+        ),
+        StoreErrorKind::Auth => Error::new(STORE_AUTH, format!("etcd refused us: {}", e.msg)),
+        StoreErrorKind::Other => Error::new(error::UNEXPECTED, format!("etcd error: {}", e.msg)),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// An address handed out, with the range that says its prefix and gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    pub ip: IpAddr,
+    pub range: Range,
+}
+
+impl Allocated {
+    pub fn cidr(&self) -> IpNet {
+        IpNet::new(self.ip, self.range.subnet.prefix_len()).unwrap_or_else(|_| IpNet::from(self.ip))
+    }
+}
+
+/// Where the next automatic address search starts, per range set: a hint
+/// kept on the node (like host-local's last_reserved_ip), never trusted.
+pub trait Hints {
+    fn get(&self, set: usize) -> Option<IpAddr>;
+    fn set(&mut self, set: usize, ip: IpAddr);
+}
+
+#[derive(Debug, Default)]
+pub struct MemHints(pub std::collections::HashMap<usize, IpAddr>);
+
+impl Hints for MemHints {
+    fn get(&self, set: usize) -> Option<IpAddr> {
+        self.0.get(&set).copied()
+    }
+    fn set(&mut self, set: usize, ip: IpAddr) {
+        self.0.insert(set, ip);
+    }
+}
+
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(network: &str) -> Self {
+        Keys {
+            base: format!("/weft/v1/ipam/{network}/"),
+        }
+    }
+    pub fn owner(&self, cid: &str, ifname: &str) -> String {
+        format!("{}owners/{cid}/{ifname}", self.base)
+    }
+    pub fn owners(&self) -> String {
+        format!("{}owners/", self.base)
+    }
+    pub fn ip(&self, ip: IpAddr) -> String {
+        format!("{}ips/{}", self.base, addr_key(ip))
+    }
+    pub fn ips(&self) -> String {
+        format!("{}ips/", self.base)
+    }
+    /// Every reservation inside `block`.
+    pub fn ips_in(&self, block: &IpNet) -> Read {
+        Read::Range {
+            start: self.ip(block.network()),
+            end: format!("{}\0", self.ip(block.broadcast())),
+        }
+    }
+    pub fn block(&self, b: &IpNet) -> String {
+        format!("{}blocks/{}", self.base, block_key(b))
+    }
+    pub fn blocks(&self) -> String {
+        format!("{}blocks/", self.base)
+    }
+    pub fn node_blocks(&self, node: &str) -> String {
+        format!("{}nodes/{node}/", self.base)
+    }
+    pub fn node_block(&self, node: &str, b: &IpNet) -> String {
+        format!("{}{}", self.node_blocks(node), block_key(b))
+    }
+}
+
+/// Reads a block back from the tail of its key ("4-0a000000-26").
+pub fn parse_block_key(key: &str) -> Option<IpNet> {
+    let tail = key.rsplit('/').next()?;
+    let mut parts = tail.split('-');
+    let (family, hex, prefix) = (parts.next()?, parts.next()?, parts.next()?);
+    let v = u128::from_str_radix(hex, 16).ok()?;
+    IpNet::new(from_u128(v, family == "6"), prefix.parse().ok()?).ok()
+}
+
+fn addr_of_ip_key(key: &str) -> Option<IpAddr> {
+    let tail = key.rsplit('/').next()?;
+    let (family, hex) = tail.split_once('-')?;
+    Some(from_u128(
+        u128::from_str_radix(hex, 16).ok()?,
+        family == "6",
+    ))
+}
+
+/// A small xorshift generator: retries pick a random free address so that
+/// racing allocators spread out instead of colliding again.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1);
+        Rng((t as u64) ^ ((std::process::id() as u64) << 32) | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+pub struct Allocator<'a, S: Store> {
+    cfg: &'a IpamConfig,
+    store: &'a mut S,
+    keys: Keys,
+    rng: Rng,
+}
+
+/// Where one range set's address will come from in the next attempt.
+#[derive(Debug, Clone)]
+enum Pick {
+    Static(IpAddr),
+    /// Inside a block we hold (the transaction checks we still do).
+    Own(IpAddr, IpNet),
+    /// Inside another node's block.
+    Borrowed(IpAddr, IpNet),
+}
+
+impl Pick {
+    fn ip(&self) -> IpAddr {
+        match self {
+            Pick::Static(ip) | Pick::Own(ip, _) | Pick::Borrowed(ip, _) => *ip,
+        }
+    }
+    fn block(&self) -> Option<&IpNet> {
+        match self {
+            Pick::Own(_, b) | Pick::Borrowed(_, b) => Some(b),
+            Pick::Static(_) => None,
+        }
+    }
+}
+
+impl<'a, S: Store> Allocator<'a, S> {
+    pub fn new(cfg: &'a IpamConfig, store: &'a mut S) -> Self {
+        Allocator {
+            cfg,
+            keys: Keys::new(&cfg.network),
+            store,
+            rng: Rng::new(),
+        }
+    }
+
+    fn prefix_for(&self, set: usize) -> u8 {
+        if self.cfg.range_sets[set][0].is_v6() {
+            self.cfg.block_v6
+        } else {
+            self.cfg.block_v4
+        }
+    }
+
+    fn range_of(&self, ip: IpAddr) -> Option<(usize, &Range)> {
+        self.cfg
+            .range_sets
+            .iter()
+            .enumerate()
+            .find_map(|(i, set)| set.iter().find(|r| r.subnet.contains(&ip)).map(|r| (i, r)))
+    }
+
+    fn allocated(&self, ips: &[IpAddr]) -> Vec<Allocated> {
+        ips.iter()
+            .filter_map(|ip| {
+                Some(Allocated {
+                    ip: *ip,
+                    range: self.range_of(*ip)?.1.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Blocks of set `set` in `claimed` (keys of `blocks/` or `nodes/<n>/`).
+    fn blocks_of_set(&self, set: usize, kvs: &[Kv]) -> Vec<IpNet> {
+        kvs.iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .filter(|b| {
+                self.cfg.range_sets[set]
+                    .iter()
+                    .any(|r| r.subnet.contains(&b.network()))
+            })
+            .collect()
+    }
+
+    fn free_in(&self, set: usize, block: &IpNet, used: &HashSet<IpAddr>) -> Vec<IpAddr> {
+        self.cfg.range_sets[set]
+            .iter()
+            .flat_map(|r| r.usable_in(block, &self.cfg.exclude).collect::<Vec<_>>())
+            .filter(|ip| !used.contains(ip))
+            .collect()
+    }
+
+    fn first_free_after(
+        &self,
+        set: usize,
+        blocks: &[IpNet],
+        hint: Option<IpAddr>,
+        skip: &HashSet<IpAddr>,
+    ) -> Option<(IpAddr, IpNet)> {
+        // Start just after the hint when it lies in one of our blocks, so
+        // sequential allocations on a node rarely collide.
+        let start = hint.and_then(|h| blocks.iter().position(|b| b.contains(&h)).map(|i| (i, h)));
+        let order: Vec<usize> = match start {
+            Some((i, _)) => (i..blocks.len()).chain(0..i).collect(),
+            None => (0..blocks.len()).collect(),
+        };
+        for i in order {
+            let block = blocks[i];
+            let candidates = self.cfg.range_sets[set]
+                .iter()
+                .flat_map(|r| r.usable_in(&block, &self.cfg.exclude).collect::<Vec<_>>());
+            let mut list: Vec<IpAddr> = candidates.filter(|ip| !skip.contains(ip)).collect();
+            if let Some((si, h)) = start {
+                if si == i {
+                    let after = crate::space::to_u128(h);
+                    let pos = list
+                        .iter()
+                        .position(|ip| crate::space::to_u128(*ip) > after)
+                        .unwrap_or(list.len());
+                    list.rotate_left(pos);
+                }
+            }
+            if let Some(ip) = list.first() {
+                return Some((*ip, block));
+            }
+        }
+        None
+    }
+
+    /// ADD: the attachment's addresses, one per range set; the same ones
+    /// again when it already holds some.
+    pub fn add(
+        &mut self,
+        cid: &str,
+        ifname: &str,
+        requested: &[IpAddr],
+        hints: &mut dyn Hints,
+    ) -> Result<Vec<Allocated>> {
+        let node = self.cfg.node.clone();
+        let owner_key = self.keys.owner(cid, ifname);
+        let first = self
+            .store
+            .read(&[
+                Read::Key(owner_key.clone()),
+                Read::prefix(&self.keys.node_blocks(&node)),
+            ])
+            .map_err(store_err)?;
+        if let Some(kv) = first[0].kvs.first() {
+            return self.existing(kv);
+        }
+        let sets = self.cfg.range_sets.len();
+        let mut statics: Vec<Option<IpAddr>> = vec![None; sets];
+        for ip in requested {
+            let (set, range) = self.range_of(*ip).ok_or_else(|| {
+                Error::new(
+                    ADDRESS_UNAVAILABLE,
+                    format!("{ip} is in no range of network {}", self.cfg.network),
+                )
+            })?;
+            if !range.static_allowed(*ip, &self.cfg.exclude) {
+                return Err(Error::new(
+                    ADDRESS_UNAVAILABLE,
+                    format!(
+                        "{ip} is reserved or excluded in network {}",
+                        self.cfg.network
+                    ),
+                ));
+            }
+            if statics[set].replace(*ip).is_some() {
+                return Err(Error::new(
+                    ADDRESS_UNAVAILABLE,
+                    format!("two addresses requested from one range set ({ip})"),
+                ));
+            }
+        }
+        let mut own: Vec<Vec<IpNet>> = (0..sets)
+            .map(|s| self.blocks_of_set(s, &first[1].kvs))
+            .collect();
+        // Addresses known taken, learnt from failed attempts.
+        let mut taken: Vec<HashSet<IpAddr>> = vec![HashSet::new(); sets];
+        let mut free_known: Vec<Vec<(IpAddr, IpNet)>> = vec![Vec::new(); sets];
+
+        for _ in 0..MAX_ATTEMPTS {
+            let mut picks = Vec::with_capacity(sets);
+            for set in 0..sets {
+                let pick = if let Some(ip) = statics[set] {
+                    Pick::Static(ip)
+                } else if !free_known[set].is_empty() {
+                    let at = self.rng.below(free_known[set].len());
+                    let (ip, block) = free_known[set].swap_remove(at);
+                    if own[set].contains(&block) {
+                        Pick::Own(ip, block)
+                    } else {
+                        Pick::Borrowed(ip, block)
+                    }
+                } else if let Some((ip, block)) =
+                    self.first_free_after(set, &own[set], hints.get(set), &taken[set])
+                {
+                    Pick::Own(ip, block)
+                } else {
+                    match self.claim_block(set)? {
+                        Some(block) => {
+                            own[set].push(block);
+                            let first = self.first_free_after(set, &[block], None, &taken[set]);
+                            picks.push(first.map(|(ip, b)| Pick::Own(ip, b)));
+                            continue;
+                        }
+                        None => {
+                            free_known[set] = self.borrowable(set, &taken[set])?;
+                            if free_known[set].is_empty() {
+                                return Err(self.exhausted(set));
+                            }
+                            let at = self.rng.below(free_known[set].len());
+                            let (ip, block) = free_known[set].swap_remove(at);
+                            Pick::Borrowed(ip, block)
+                        }
+                    }
+                };
+                picks.push(Some(pick));
+            }
+            let Some(picks) = picks.into_iter().collect::<Option<Vec<Pick>>>() else {
+                continue;
+            };
+
+            match self.try_reserve(cid, ifname, &owner_key, &picks)? {
+                Attempt::Done => {
+                    for (set, p) in picks.iter().enumerate() {
+                        if !matches!(p, Pick::Static(_)) {
+                            hints.set(set, p.ip());
+                        }
+                    }
+                    return Ok(self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>()));
+                }
+                Attempt::AlreadyHeld(kv) => return self.existing(&kv),
+                Attempt::Lost { used, lost_blocks } => {
+                    for (set, p) in picks.iter().enumerate() {
+                        if let Pick::Static(ip) = p {
+                            if let Some(holder) =
+                                used.iter().find_map(|(ip2, h)| (ip2 == ip).then_some(h))
+                            {
+                                return Err(Error::new(
+                                    ADDRESS_UNAVAILABLE,
+                                    format!(
+                                        "{ip} is held by container {} ifname {} on node {}",
+                                        holder.container_id, holder.ifname, holder.node
+                                    ),
+                                ));
+                            }
+                            continue;
+                        }
+                        let block = p.block().copied();
+                        if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
+                            own[set].retain(|x| *x != b);
+                        }
+                        let in_block: HashSet<IpAddr> = used
+                            .iter()
+                            .map(|(ip, _)| *ip)
+                            .filter(|ip| block.is_some_and(|b| b.contains(ip)))
+                            .collect();
+                        taken[set].extend(in_block.iter().copied());
+                        taken[set].insert(p.ip());
+                        if let Some(b) = block {
+                            let free = self.free_in(set, &b, &taken[set]);
+                            free_known[set] = free.into_iter().map(|ip| (ip, b)).collect();
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            format!(
+                "too much contention allocating in network {}",
+                self.cfg.network
+            ),
+        ))
+    }
+
+    fn existing(&self, kv: &Kv) -> Result<Vec<Allocated>> {
+        let rec: OwnerRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+            Error::unexpected(format!("corrupt owner record at {}", kv.key)).with_details(e)
+        })?;
+        Ok(self.allocated(&rec.ips))
+    }
+
+    fn try_reserve(
+        &mut self,
+        cid: &str,
+        ifname: &str,
+        owner_key: &str,
+        picks: &[Pick],
+    ) -> Result<Attempt> {
+        let node = &self.cfg.node;
+        let holder = serde_json::to_vec(&Holder {
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            node: node.clone(),
+        })
+        .map_err(|e| Error::unexpected("encoding holder").with_details(e))?;
+        let record = serde_json::to_vec(&OwnerRecord {
+            node: node.clone(),
+            ips: picks.iter().map(Pick::ip).collect(),
+        })
+        .map_err(|e| Error::unexpected("encoding owner record").with_details(e))?;
+        let mut compares = vec![Compare::Absent(owner_key.to_string())];
+        let mut writes = vec![Write::Put(owner_key.to_string(), record)];
+        let mut on_failure = vec![Read::Key(owner_key.to_string())];
+        for p in picks {
+            let key = self.keys.ip(p.ip());
+            compares.push(Compare::Absent(key.clone()));
+            writes.push(Write::Put(key.clone(), holder.clone()));
+            on_failure.push(Read::Key(key));
+            if let Pick::Own(_, b) = p {
+                compares.push(Compare::ValueIs(
+                    self.keys.block(b),
+                    node.as_bytes().to_vec(),
+                ));
+                on_failure.push(Read::Key(self.keys.block(b)));
+            }
+            if let Some(b) = p.block() {
+                on_failure.push(self.keys.ips_in(b));
+            }
+        }
+        let r = self
+            .store
+            .txn(&compares, &writes, &on_failure)
+            .map_err(store_err)?;
+        if r.succeeded {
+            return Ok(Attempt::Done);
+        }
+        if let Some(kv) = r.reads.first().and_then(|x| x.kvs.first()) {
+            return Ok(Attempt::AlreadyHeld(kv.clone()));
+        }
+        let mut used = Vec::new();
+        let mut lost_blocks = Vec::new();
+        for rr in &r.reads[1..] {
+            for kv in &rr.kvs {
+                if let Some(b) = kv
+                    .key
+                    .contains("/blocks/")
+                    .then(|| parse_block_key(&kv.key))
+                    .flatten()
+                {
+                    if kv.value != node.as_bytes() {
+                        lost_blocks.push(b);
+                    }
+                } else if let (Some(ip), Ok(h)) = (
+                    addr_of_ip_key(&kv.key),
+                    serde_json::from_slice::<Holder>(&kv.value),
+                ) {
+                    used.push((ip, h));
+                }
+            }
+        }
+        Ok(Attempt::Lost { used, lost_blocks })
+    }
+
+    /// Claims a free block of `set` for this node; None when none is left.
+    fn claim_block(&mut self, set: usize) -> Result<Option<IpNet>> {
+        let node = self.cfg.node.clone();
+        let prefix = self.prefix_for(set);
+        for _ in 0..MAX_ATTEMPTS {
+            let claimed = self
+                .store
+                .read(&[Read::prefix(&self.keys.blocks())])
+                .map_err(store_err)?;
+            let claimed: HashSet<IpNet> = claimed[0]
+                .kvs
+                .iter()
+                .filter_map(|kv| parse_block_key(&kv.key))
+                .collect();
+            // Several of the first free blocks, so racing nodes tend to differ.
+            let mut free: Vec<IpNet> = Vec::new();
+            for r in &self.cfg.range_sets[set] {
+                for b in r.blocks(prefix) {
+                    if free.len() >= 8 {
+                        break;
+                    }
+                    if !claimed.contains(&b)
+                        && !free.contains(&b)
+                        && r.usable_in(&b, &self.cfg.exclude).next().is_some()
+                    {
+                        free.push(b);
+                    }
+                }
+            }
+            if free.is_empty() {
+                return Ok(None);
+            }
+            let block = free[self.rng.below(free.len())];
+            let key = self.keys.block(&block);
+            let r = self
+                .store
+                .txn(
+                    &[Compare::Absent(key.clone())],
+                    &[
+                        Write::Put(key, node.as_bytes().to_vec()),
+                        Write::Put(self.keys.node_block(&node, &block), Vec::new()),
+                    ],
+                    &[],
+                )
+                .map_err(store_err)?;
+            if r.succeeded {
+                tracing::info!(block = %block, node = %node, "claimed block");
+                return Ok(Some(block));
+            }
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            "too much contention claiming a block",
+        ))
+    }
+
+    /// Free addresses in other nodes' blocks of `set`.
+    fn borrowable(&mut self, set: usize, taken: &HashSet<IpAddr>) -> Result<Vec<(IpAddr, IpNet)>> {
+        let claimed = self
+            .store
+            .read(&[Read::prefix(&self.keys.blocks())])
+            .map_err(store_err)?;
+        let blocks = self.blocks_of_set(set, &claimed[0].kvs);
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, self.rng.below(i + 1));
+        }
+        for i in order {
+            let block = blocks[i];
+            let used = self
+                .store
+                .read(&[self.keys.ips_in(&block)])
+                .map_err(store_err)?;
+            let mut used: HashSet<IpAddr> = used[0]
+                .kvs
+                .iter()
+                .filter_map(|kv| addr_of_ip_key(&kv.key))
+                .collect();
+            used.extend(taken.iter().copied());
+            let free = self.free_in(set, &block, &used);
+            if !free.is_empty() {
+                return Ok(free.into_iter().map(|ip| (ip, block)).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn exhausted(&self, set: usize) -> Error {
+        let ranges: Vec<String> = self.cfg.range_sets[set]
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
+        Error::new(
+            POOL_EXHAUSTED,
+            format!(
+                "network {} has no free address left in range set {set} ({})",
+                self.cfg.network,
+                ranges.join(", ")
+            ),
+        )
+    }
+
+    /// DEL: releases the attachment's addresses; missing is success.
+    pub fn del(&mut self, cid: &str, ifname: &str) -> Result<bool> {
+        let owner_key = self.keys.owner(cid, ifname);
+        for _ in 0..MAX_ATTEMPTS {
+            let r = self
+                .store
+                .read(&[Read::Key(owner_key.clone())])
+                .map_err(store_err)?;
+            let Some(kv) = r[0].kvs.first() else {
+                return Ok(false);
+            };
+            if self.release(kv)? {
+                return Ok(true);
+            }
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            "owner record kept changing during DEL",
+        ))
+    }
+
+    /// Deletes an owner record and its addresses if it is unchanged.
+    fn release(&mut self, owner: &Kv) -> Result<bool> {
+        let rec: OwnerRecord = serde_json::from_slice(&owner.value).map_err(|e| {
+            Error::unexpected(format!("corrupt owner record at {}", owner.key)).with_details(e)
+        })?;
+        let mut writes = vec![Write::Delete(owner.key.clone())];
+        writes.extend(rec.ips.iter().map(|ip| Write::Delete(self.keys.ip(*ip))));
+        let r = self
+            .store
+            .txn(
+                &[Compare::ModRevision(owner.key.clone(), owner.mod_revision)],
+                &writes,
+                &[],
+            )
+            .map_err(store_err)?;
+        Ok(r.succeeded)
+    }
+
+    /// GC: releases this node's reservations whose attachment is not in `valid`.
+    pub fn gc(&mut self, valid: &[(String, String)]) -> Result<usize> {
+        let keep: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|(c, i)| (c.as_str(), i.as_str()))
+            .collect();
+        let owners_prefix = self.keys.owners();
+        let all = self
+            .store
+            .read(&[Read::prefix(&owners_prefix), Read::prefix(&self.keys.ips())])
+            .map_err(store_err)?;
+        let mut released = 0;
+        let mut owned_ips: HashSet<IpAddr> = HashSet::new();
+        for kv in &all[0].kvs {
+            let Ok(rec) = serde_json::from_slice::<OwnerRecord>(&kv.value) else {
+                continue;
+            };
+            let attachment = kv
+                .key
+                .strip_prefix(&owners_prefix)
+                .and_then(|t| t.split_once('/'));
+            if rec.node == self.cfg.node && attachment.is_some_and(|a| !keep.contains(&a)) {
+                if self.release(kv)? {
+                    released += 1;
+                }
+            } else {
+                owned_ips.extend(rec.ips);
+            }
+        }
+        // Reservations without an owner record cannot come from our
+        // transactions; clear any of this node's all the same.
+        for kv in &all[1].kvs {
+            let (Some(ip), Ok(h)) = (
+                addr_of_ip_key(&kv.key),
+                serde_json::from_slice::<Holder>(&kv.value),
+            ) else {
+                continue;
+            };
+            if h.node == self.cfg.node
+                && !owned_ips.contains(&ip)
+                && !keep.contains(&(h.container_id.as_str(), h.ifname.as_str()))
+            {
+                let r = self.store.txn(
+                    &[Compare::ValueIs(kv.key.clone(), kv.value.clone())],
+                    &[Write::Delete(kv.key.clone())],
+                    &[],
+                );
+                if r.map_err(store_err)?.succeeded {
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// CHECK: `ips` must all be reserved for this attachment.
+    pub fn check(&mut self, cid: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
+        let mut reads = vec![Read::Key(self.keys.owner(cid, ifname))];
+        reads.extend(ips.iter().map(|ip| Read::Key(self.keys.ip(*ip))));
+        let r = self.store.read(&reads).map_err(store_err)?;
+        if r[0].kvs.is_empty() {
+            return Err(Error::new(
+                RESERVATION_MISMATCH,
+                format!("no reservation for container {cid} ifname {ifname}"),
+            ));
+        }
+        for (ip, rr) in ips.iter().zip(&r[1..]) {
+            let holder = rr
+                .kvs
+                .first()
+                .and_then(|kv| serde_json::from_slice::<Holder>(&kv.value).ok());
+            match holder {
+                Some(h) if h.container_id == cid && h.ifname == ifname => {}
+                Some(h) => {
+                    return Err(Error::new(
+                        RESERVATION_MISMATCH,
+                        format!(
+                            "{ip} is held by container {} ifname {}",
+                            h.container_id, h.ifname
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::new(
+                        RESERVATION_MISMATCH,
+                        format!("{ip} is not reserved"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// STATUS: reachable, and every range set has an address left.
+    pub fn status(&mut self) -> Result<()> {
+        let mut reads = Vec::new();
+        for set in &self.cfg.range_sets {
+            for r in set {
+                reads.push(Read::Count {
+                    start: self.keys.ip(r.start),
+                    end: format!("{}\0", self.keys.ip(r.end)),
+                });
+            }
+        }
+        let counts = self.store.read(&reads).map_err(|e| {
+            Error::new(
+                error::NOT_AVAILABLE,
+                format!("etcd is unavailable: {}", e.msg),
+            )
+        })?;
+        let mut counts = counts.iter().map(|c| c.count as u128);
+        for (i, set) in self.cfg.range_sets.iter().enumerate() {
+            let mut any_free = false;
+            for r in set {
+                let used = counts.next().unwrap_or(0);
+                if r.usable_count(&self.cfg.exclude) > used {
+                    any_free = true;
+                }
+            }
+            if !any_free {
+                return Err(Error::new(error::NOT_AVAILABLE, self.exhausted(i).msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every reservation of the network, for `weftctl ips`.
+    pub fn list(&mut self) -> Result<Vec<(IpAddr, Holder)>> {
+        let all = self
+            .store
+            .read(&[Read::prefix(&self.keys.ips())])
+            .map_err(store_err)?;
+        Ok(all[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    addr_of_ip_key(&kv.key)?,
+                    serde_json::from_slice::<Holder>(&kv.value).ok()?,
+                ))
+            })
+            .collect())
+    }
+}
+
+enum Attempt {
+    Done,
+    AlreadyHeld(Kv),
+    Lost {
+        used: Vec<(IpAddr, Holder)>,
+        lost_blocks: Vec<IpNet>,
+    },
+}
+
+#[cfg(test)]
+#[path = "alloc_tests.rs"]
+mod tests;

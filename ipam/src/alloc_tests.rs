@@ -1,0 +1,320 @@
+//! Allocator tests on the in-memory store: no root, no etcd.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use serde_json::json;
+
+use super::*;
+use crate::config::IpamConfig;
+use crate::store::{MemStore, ReadResult, TxnResult};
+
+fn cfg(node: &str, ipam: serde_json::Value) -> IpamConfig {
+    let mut v = ipam;
+    v["etcd"] = json!({"endpoints": ["http://127.0.0.1:2379"]});
+    v["nodeName"] = json!(node);
+    IpamConfig::parse("net", &v, "vm").unwrap()
+}
+
+fn v4(subnet: &str) -> serde_json::Value {
+    json!({"ranges": [[{"subnet": subnet}]]})
+}
+
+fn add(c: &IpamConfig, s: &mut MemStore, cid: &str) -> Result<Vec<Allocated>> {
+    Allocator::new(c, s).add(cid, "eth0", &[], &mut MemHints::default())
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn first_add_claims_a_block_and_skips_network_and_gateway() {
+    let c = cfg("a", v4("10.1.0.0/24"));
+    // With only the first block free the choice is forced (a node picks
+    // randomly among the first free blocks, so racing nodes spread out).
+    let mut s = MemStore::default();
+    for other in ["4-0a010040-26", "4-0a010080-26", "4-0a0100c0-26"] {
+        s.txn(
+            &[],
+            &[Write::Put(
+                format!("/weft/v1/ipam/net/blocks/{other}"),
+                b"b".to_vec(),
+            )],
+            &[],
+        )
+        .unwrap();
+    }
+    let got = add(&c, &mut s, "c1").unwrap();
+    assert_eq!(
+        got[0].ip,
+        ip("10.1.0.2"),
+        "network .0 and gateway .1 are skipped"
+    );
+    assert_eq!(got[0].cidr().to_string(), "10.1.0.2/24");
+    assert_eq!(got[0].range.gateway, Some(ip("10.1.0.1")));
+    assert!(s
+        .data
+        .contains_key("/weft/v1/ipam/net/blocks/4-0a010000-26"));
+    assert!(s
+        .data
+        .contains_key("/weft/v1/ipam/net/nodes/a/4-0a010000-26"));
+    assert!(s.data.contains_key("/weft/v1/ipam/net/owners/c1/eth0"));
+}
+
+#[test]
+fn common_case_is_two_round_trips() {
+    let c = cfg("a", v4("10.1.0.0/24"));
+    let mut s = MemStore::default();
+    let mut hints = MemHints::default();
+    Allocator::new(&c, &mut s)
+        .add("c0", "eth0", &[], &mut hints)
+        .unwrap();
+    let before = s.round_trips();
+    for i in 1..20 {
+        Allocator::new(&c, &mut s)
+            .add(&format!("c{i}"), "eth0", &[], &mut hints)
+            .unwrap();
+    }
+    assert_eq!(s.round_trips() - before, 2 * 19);
+}
+
+#[test]
+fn repeated_add_returns_the_same_addresses() {
+    let c = cfg(
+        "a",
+        json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]}),
+    );
+    let mut s = MemStore::default();
+    let first = add(&c, &mut s, "c1").unwrap();
+    let again = add(&c, &mut s, "c1").unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.len(), 2, "dual-stack: one address per range set");
+    assert!(first[0].ip.is_ipv4() && first[1].ip.is_ipv6());
+    assert_eq!(Allocator::new(&c, &mut s).list().unwrap().len(), 2);
+}
+
+#[test]
+fn addresses_are_unique_and_the_pool_runs_dry_with_a_clear_error() {
+    // A /27: .0 network, .1 gateway, .31 broadcast, .5-.6 excluded: 27 left.
+    let c = cfg(
+        "a",
+        json!({"ranges": [[{"subnet": "10.2.0.0/27"}]], "exclude": ["10.2.0.5/32", "10.2.0.6"]}),
+    );
+    let mut s = MemStore::default();
+    let mut seen = HashSet::new();
+    for i in 0..27 {
+        let got = add(&c, &mut s, &format!("c{i}")).unwrap();
+        assert!(seen.insert(got[0].ip), "duplicate {}", got[0].ip);
+    }
+    for bad in ["10.2.0.0", "10.2.0.1", "10.2.0.31", "10.2.0.5", "10.2.0.6"] {
+        assert!(!seen.contains(&ip(bad)), "{bad} handed out");
+    }
+    let e = add(&c, &mut s, "one-too-many").unwrap_err();
+    assert_eq!(e.code, POOL_EXHAUSTED);
+    assert!(
+        e.msg.contains("network net") && e.msg.contains("10.2.0.1-10.2.0.30"),
+        "{}",
+        e.msg
+    );
+    assert_eq!(Allocator::new(&c, &mut s).status().unwrap_err().code, 50);
+}
+
+#[test]
+fn released_addresses_come_back_and_del_is_idempotent() {
+    let c = cfg("a", v4("10.3.0.0/29"));
+    let mut s = MemStore::default();
+    let mut held = Vec::new();
+    while let Ok(got) = add(&c, &mut s, &format!("c{}", held.len())) {
+        held.push(got[0].ip);
+    }
+    assert_eq!(held.len(), 5);
+    assert!(Allocator::new(&c, &mut s).del("c2", "eth0").unwrap());
+    assert!(
+        !Allocator::new(&c, &mut s).del("c2", "eth0").unwrap(),
+        "second DEL finds nothing"
+    );
+    assert_eq!(add(&c, &mut s, "new").unwrap()[0].ip, held[2]);
+}
+
+#[test]
+fn nodes_get_their_own_blocks_then_borrow() {
+    // Two /26 blocks in a /25; three nodes.
+    let a = cfg("a", v4("10.4.0.0/25"));
+    let b = cfg("b", v4("10.4.0.0/25"));
+    let z = cfg("z", v4("10.4.0.0/25"));
+    let mut s = MemStore::default();
+    let ia = add(&a, &mut s, "a1").unwrap()[0].ip;
+    let ib = add(&b, &mut s, "b1").unwrap()[0].ip;
+    let block = |ip: IpAddr| IpNet::new(ip, 26).unwrap().trunc();
+    assert_ne!(block(ia), block(ib), "each node claims its own block");
+    // z finds no free block and borrows from a or b; its record says z.
+    let iz = add(&z, &mut s, "z1").unwrap()[0].ip;
+    assert!(iz != ia && iz != ib);
+    let list = Allocator::new(&z, &mut s).list().unwrap();
+    assert!(list.iter().any(|(ip, h)| *ip == iz && h.node == "z"));
+    // GC on z only touches z's reservations.
+    assert_eq!(Allocator::new(&z, &mut s).gc(&[]).unwrap(), 1);
+    assert_eq!(Allocator::new(&z, &mut s).list().unwrap().len(), 2);
+}
+
+#[test]
+fn static_requests_get_exactly_that_address_or_name_the_holder() {
+    let c = cfg("a", v4("10.5.0.0/24"));
+    let mut s = MemStore::default();
+    let mut h = MemHints::default();
+    let got = Allocator::new(&c, &mut s)
+        .add("web", "eth0", &[ip("10.5.0.50")], &mut h)
+        .unwrap();
+    assert_eq!(got[0].ip, ip("10.5.0.50"));
+    let e = Allocator::new(&c, &mut s)
+        .add("other", "eth0", &[ip("10.5.0.50")], &mut h)
+        .unwrap_err();
+    assert_eq!(e.code, ADDRESS_UNAVAILABLE);
+    assert!(
+        e.msg.contains("container web ifname eth0 on node a"),
+        "{}",
+        e.msg
+    );
+    // The gateway is never automatic but may be asked for.
+    let gw = Allocator::new(&c, &mut s)
+        .add("router", "eth0", &[ip("10.5.0.1")], &mut h)
+        .unwrap();
+    assert_eq!(gw[0].ip, ip("10.5.0.1"));
+    for bad in ["10.5.0.0", "10.5.0.255", "10.9.0.1"] {
+        let e = Allocator::new(&c, &mut s)
+            .add("x", "eth0", &[ip(bad)], &mut h)
+            .unwrap_err();
+        assert_eq!(e.code, ADDRESS_UNAVAILABLE, "{bad}");
+    }
+    assert!(
+        s.data.keys().all(|k| !k.contains("owners/x/")),
+        "failed requests reserve nothing"
+    );
+}
+
+#[test]
+fn check_and_gc() {
+    let c = cfg("a", v4("10.6.0.0/24"));
+    let mut s = MemStore::default();
+    let a = add(&c, &mut s, "keep").unwrap()[0].ip;
+    let b = add(&c, &mut s, "stale").unwrap()[0].ip;
+    Allocator::new(&c, &mut s)
+        .check("keep", "eth0", &[a])
+        .unwrap();
+    assert_eq!(
+        Allocator::new(&c, &mut s)
+            .check("keep", "eth0", &[b])
+            .unwrap_err()
+            .code,
+        RESERVATION_MISMATCH
+    );
+    assert_eq!(
+        Allocator::new(&c, &mut s)
+            .check("gone", "eth0", &[a])
+            .unwrap_err()
+            .code,
+        RESERVATION_MISMATCH
+    );
+    let released = Allocator::new(&c, &mut s)
+        .gc(&[("keep".into(), "eth0".into())])
+        .unwrap();
+    assert_eq!(released, 1);
+    assert_eq!(Allocator::new(&c, &mut s).list().unwrap().len(), 1);
+    assert!(Allocator::new(&c, &mut s)
+        .check("stale", "eth0", &[b])
+        .is_err());
+}
+
+#[test]
+fn an_unreachable_store_is_code_11_and_reserves_nothing() {
+    let c = cfg("a", v4("10.7.0.0/24"));
+    let mut s = MemStore::default();
+    s.down = true;
+    assert_eq!(add(&c, &mut s, "c1").unwrap_err().code, 11);
+    assert_eq!(
+        Allocator::new(&c, &mut s)
+            .del("c1", "eth0")
+            .unwrap_err()
+            .code,
+        11
+    );
+    assert_eq!(Allocator::new(&c, &mut s).status().unwrap_err().code, 50);
+    s.down = false;
+    assert!(s.data.is_empty());
+}
+
+/// Lets a rival node allocate between our read and our transaction, every
+/// time: the worst interleaving for us.
+struct Racy {
+    inner: MemStore,
+    rival: IpamConfig,
+    n: usize,
+}
+
+impl Store for Racy {
+    fn read(&mut self, reads: &[Read]) -> Result<Vec<ReadResult>, StoreError> {
+        self.inner.read(reads)
+    }
+    fn txn(&mut self, c: &[Compare], w: &[Write], f: &[Read]) -> Result<TxnResult, StoreError> {
+        if w.iter()
+            .any(|w| matches!(w, Write::Put(k, _) if k.contains("/owners/")))
+            && self.n < 40
+        {
+            self.n += 1;
+            let rival = self.rival.clone();
+            let _ = Allocator::new(&rival, &mut self.inner).add(
+                &format!("rival{}", self.n),
+                "eth0",
+                &[],
+                &mut MemHints::default(),
+            );
+        }
+        self.inner.txn(c, w, f)
+    }
+    fn round_trips(&self) -> u64 {
+        self.inner.round_trips()
+    }
+}
+
+#[test]
+fn lost_races_never_duplicate() {
+    // Both nodes on one block-sized subnet, so every pick can collide.
+    let ours = cfg("a", v4("10.8.0.0/26"));
+    let mut s = Racy {
+        inner: MemStore::default(),
+        rival: cfg("a", v4("10.8.0.0/26")),
+        n: 0,
+    };
+    let mut mine = Vec::new();
+    for i in 0..15 {
+        mine.push(
+            Allocator::new(&ours, &mut s)
+                .add(&format!("c{i}"), "eth0", &[], &mut MemHints::default())
+                .unwrap()[0]
+                .ip,
+        );
+    }
+    let all = Allocator::new(&ours, &mut s.inner).list().unwrap();
+    let unique: HashSet<IpAddr> = all.iter().map(|(ip, _)| *ip).collect();
+    assert_eq!(unique.len(), all.len(), "an address is held twice");
+    assert_eq!(all.len(), 15 + s.n);
+    for ip in mine {
+        assert!(all
+            .iter()
+            .any(|(i, h)| *i == ip && h.container_id.starts_with('c')));
+    }
+}
+
+#[test]
+fn keys_round_trip() {
+    let b: IpNet = "10.244.0.64/26".parse().unwrap();
+    let keys = Keys::new("n");
+    assert_eq!(parse_block_key(&keys.block(&b)), Some(b));
+    let v6: IpNet = "fd00::40/122".parse().unwrap();
+    assert_eq!(parse_block_key(&keys.node_block("a", &v6)), Some(v6));
+    assert_eq!(
+        addr_of_ip_key(&keys.ip(ip("10.244.0.70"))),
+        Some(ip("10.244.0.70"))
+    );
+}

@@ -1,0 +1,214 @@
+//! What the allocator needs from etcd, as a small trait: batched reads, and a
+//! transaction that either applies writes when every compare holds or returns
+//! reads taken at the same revision. [`MemStore`] implements it in memory for
+//! unit tests and counts round trips like the etcd store does.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    Key(String),
+    /// Keys in [start, end).
+    Range {
+        start: String,
+        end: String,
+    },
+    /// How many keys lie in [start, end).
+    Count {
+        start: String,
+        end: String,
+    },
+}
+
+impl Read {
+    pub fn prefix(p: &str) -> Read {
+        Read::Range {
+            start: p.to_string(),
+            end: prefix_end(p),
+        }
+    }
+}
+
+/// The first key after every key that starts with `p`.
+pub fn prefix_end(p: &str) -> String {
+    let mut b = p.as_bytes().to_vec();
+    while let Some(last) = b.pop() {
+        if last < 0xff {
+            b.push(last + 1);
+            return String::from_utf8_lossy(&b).to_string();
+        }
+    }
+    "\0".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    pub kvs: Vec<Kv>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    Absent(String),
+    ValueIs(String, Vec<u8>),
+    ModRevision(String, i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    /// The `on_failure` reads, when the compares did not hold.
+    pub reads: Vec<ReadResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// No answer in time: the caller may retry later (CNI code 11).
+    Unavailable,
+    /// Refused our credentials or certificates.
+    Auth,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub msg: String,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+pub trait Store {
+    /// One round trip.
+    fn read(&mut self, reads: &[Read]) -> Result<Vec<ReadResult>, StoreError>;
+    /// One round trip.
+    fn txn(
+        &mut self,
+        compares: &[Compare],
+        writes: &[Write],
+        on_failure: &[Read],
+    ) -> Result<TxnResult, StoreError>;
+    /// Round trips made so far.
+    fn round_trips(&self) -> u64;
+}
+
+/// etcd's semantics in a BTreeMap.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    pub data: BTreeMap<String, (Vec<u8>, i64)>,
+    revision: i64,
+    trips: u64,
+    /// Fails every call while set, as an unreachable etcd would.
+    pub down: bool,
+}
+
+impl MemStore {
+    fn do_read(&self, r: &Read) -> ReadResult {
+        let kv = |(k, (v, rev)): (&String, &(Vec<u8>, i64))| Kv {
+            key: k.clone(),
+            value: v.clone(),
+            mod_revision: *rev,
+        };
+        match r {
+            Read::Key(k) => {
+                let kvs: Vec<Kv> = self.data.get_key_value(k).map(kv).into_iter().collect();
+                ReadResult {
+                    count: kvs.len() as u64,
+                    kvs,
+                }
+            }
+            Read::Range { start, end } => {
+                let kvs: Vec<Kv> = self
+                    .data
+                    .range(start.clone()..end.clone())
+                    .map(kv)
+                    .collect();
+                ReadResult {
+                    count: kvs.len() as u64,
+                    kvs,
+                }
+            }
+            Read::Count { start, end } => ReadResult {
+                kvs: Vec::new(),
+                count: self.data.range(start.clone()..end.clone()).count() as u64,
+            },
+        }
+    }
+
+    fn holds(&self, c: &Compare) -> bool {
+        match c {
+            Compare::Absent(k) => !self.data.contains_key(k),
+            Compare::ValueIs(k, v) => self.data.get(k).is_some_and(|(have, _)| have == v),
+            Compare::ModRevision(k, r) => self.data.get(k).is_some_and(|(_, have)| have == r),
+        }
+    }
+
+    fn check_up(&mut self) -> Result<(), StoreError> {
+        self.trips += 1;
+        if self.down {
+            return Err(StoreError {
+                kind: StoreErrorKind::Unavailable,
+                msg: "store is down".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for MemStore {
+    fn read(&mut self, reads: &[Read]) -> Result<Vec<ReadResult>, StoreError> {
+        self.check_up()?;
+        Ok(reads.iter().map(|r| self.do_read(r)).collect())
+    }
+
+    fn txn(
+        &mut self,
+        compares: &[Compare],
+        writes: &[Write],
+        on_failure: &[Read],
+    ) -> Result<TxnResult, StoreError> {
+        self.check_up()?;
+        if !compares.iter().all(|c| self.holds(c)) {
+            return Ok(TxnResult {
+                succeeded: false,
+                reads: on_failure.iter().map(|r| self.do_read(r)).collect(),
+            });
+        }
+        self.revision += 1;
+        for w in writes {
+            match w {
+                Write::Put(k, v) => {
+                    self.data.insert(k.clone(), (v.clone(), self.revision));
+                }
+                Write::Delete(k) => {
+                    self.data.remove(k);
+                }
+            }
+        }
+        Ok(TxnResult {
+            succeeded: true,
+            reads: Vec::new(),
+        })
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.trips
+    }
+}
