@@ -43,7 +43,11 @@ pub struct IpamConfig {
     pub block_v6: u8,
     pub node: String,
     pub etcd: Etcd,
+    /// Where the node keeps its allocation hints (never the source of truth).
+    pub data_dir: PathBuf,
 }
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft/ipam";
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Error {
     Error::config(format!("ipam.{field} {why}"))
@@ -312,6 +316,8 @@ impl IpamConfig {
             ));
         }
         let etcd = parse_etcd(ipam.get("etcd"))?;
+        let data_dir =
+            PathBuf::from(opt_str(ipam, "dataDir", "dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
         Ok(IpamConfig {
             network: network.to_string(),
             range_sets,
@@ -322,6 +328,7 @@ impl IpamConfig {
             block_v6,
             node,
             etcd,
+            data_dir,
         })
     }
 }

@@ -5,5 +5,6 @@
 
 pub mod alloc;
 pub mod config;
+pub mod etcd;
 pub mod space;
 pub mod store;

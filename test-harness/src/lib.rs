@@ -7,6 +7,8 @@
 pub mod bench;
 pub mod cleanup;
 pub mod demo;
+pub mod etcd;
+pub mod fabric;
 pub mod host;
 pub mod netns;
 pub mod ovs;

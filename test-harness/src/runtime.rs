@@ -429,3 +429,24 @@ pub fn first_address(result: &Value) -> Option<String> {
     let cidr = result["ips"][0]["address"].as_str()?;
     Some(cidr.split('/').next().unwrap_or(cidr).to_string())
 }
+
+/// A weft conflist whose addresses come from weft-ipam on `etcd` endpoints.
+pub fn weft_ipam_network(
+    host: &Host,
+    name: &str,
+    version: &str,
+    subnet: &str,
+    endpoints: &[String],
+) -> Network {
+    let mut plugin = weft_plugin(host, subnet);
+    plugin["ipam"] = weft_ipam_conf(host, subnet, endpoints);
+    Network {
+        conflist: json!({"cniVersion": version, "name": name, "plugins": [plugin]}),
+        version: version.to_string(),
+    }
+}
+
+pub fn weft_ipam_conf(host: &Host, subnet: &str, endpoints: &[String]) -> Value {
+    json!({"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+           "nodeName": host.label, "dataDir": host.ipam_dir(), "etcd": {"endpoints": endpoints, "timeoutMs": 1000}})
+}

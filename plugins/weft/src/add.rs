@@ -57,14 +57,30 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let ovs = RefCell::new(Ovs::connect(&cfg.ovsdb_socket)?);
     let mut undo = Undo::new();
     phase("ipam started, connected");
-    nl.create_veth(
+    let created = nl.create_veth(
         &cont,
         ifname,
         &host_name,
         &host_ns,
         cfg.mtu,
         mac.map(|m| m.0),
-    )?;
+    );
+    if let Err(e) = created {
+        // Our own host end for this container and ifname exists: this is a
+        // repeated ADD of a live attachment, and the address IPAM just
+        // returned is that attachment's. Releasing it would cut it off.
+        if e.code == error::IFNAME_TAKEN && matches!(nl.link(nl.host(), &host_name), Ok(Some(_))) {
+            if let Some(p) = pending.borrow_mut().take() {
+                let _ = p.wait();
+            }
+            ipam_undo.commit();
+            return Err(Error::new(
+                error::IFNAME_TAKEN,
+                format!("{ifname} of container {cid} is already attached; DEL it before adding it again"),
+            ));
+        }
+        return Err(e);
+    }
     phase("veth created");
     // Deleting the container end removes the pair wherever the peer lives.
     undo.push("veth", || {

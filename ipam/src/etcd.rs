@@ -1,0 +1,253 @@
+//! The [`Store`] on a real etcd, through etcd-client. Every call is one round
+//! trip bounded by `etcd.timeoutMs`, so an unreachable etcd turns into code 11
+//! in that time rather than a hang.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare as ECompare, CompareOp, ConnectOptions, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use weft_cni::{Error, Result};
+
+use crate::config::Etcd;
+use crate::store::{
+    Compare, Kv, Read, ReadResult, Store, StoreError, StoreErrorKind, TxnResult, Write,
+};
+
+pub struct EtcdStore {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    timeout: Duration,
+    trips: u64,
+}
+
+/// Reads the password file, refusing one that group or others can read: a
+/// credential in a world-readable file is as good as published.
+pub fn read_password(path: &std::path::Path) -> Result<String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::config(format!("ipam.etcd.passwordFile {shown} cannot be read")).with_details(e)
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::config(format!(
+            "ipam.etcd.passwordFile {shown} is readable by group or others; chmod 600 it"
+        )));
+    }
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!("ipam.etcd.passwordFile {shown} cannot be read")).with_details(e)
+    })?;
+    Ok(raw.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn read_file(path: &std::path::Path, field: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "ipam.etcd.tls.{field} {} cannot be read",
+            path.display()
+        ))
+        .with_details(e)
+    })
+}
+
+fn classify(e: &etcd_client::Error, endpoints: &[String]) -> StoreError {
+    use etcd_client::Error as E;
+    let (kind, msg) = match e {
+        E::GRpcStatus(s) => match s.code() {
+            tonic_code::UNAUTHENTICATED | tonic_code::PERMISSION_DENIED => {
+                (StoreErrorKind::Auth, s.message().to_string())
+            }
+            tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED | tonic_code::CANCELLED => {
+                (StoreErrorKind::Unavailable, s.message().to_string())
+            }
+            _ if s.message().contains("authentication") || s.message().contains("user name") => {
+                (StoreErrorKind::Auth, s.message().to_string())
+            }
+            _ => (StoreErrorKind::Other, s.message().to_string()),
+        },
+        E::TransportError(t) => (
+            StoreErrorKind::Unavailable,
+            format!("{t}: {}", source_chain(t)),
+        ),
+        E::IoError(io) => (StoreErrorKind::Unavailable, io.to_string()),
+        other => (StoreErrorKind::Other, other.to_string()),
+    };
+    let plain = endpoints.iter().all(|e| e.starts_with("http://"));
+    let hint = if plain && kind == StoreErrorKind::Unavailable {
+        " (if etcd requires TLS, use https:// endpoints and ipam.etcd.tls)"
+    } else {
+        ""
+    };
+    StoreError {
+        kind,
+        msg: format!("{msg}{hint}"),
+    }
+}
+
+/// The gRPC codes we act on.
+mod tonic_code {
+    use tonic::Code;
+    pub const CANCELLED: Code = Code::Cancelled;
+    pub const DEADLINE_EXCEEDED: Code = Code::DeadlineExceeded;
+    pub const PERMISSION_DENIED: Code = Code::PermissionDenied;
+    pub const UNAVAILABLE: Code = Code::Unavailable;
+    pub const UNAUTHENTICATED: Code = Code::Unauthenticated;
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+fn timed_out(what: &str) -> StoreError {
+    StoreError {
+        kind: StoreErrorKind::Unavailable,
+        msg: format!("no answer from etcd within the timeout ({what})"),
+    }
+}
+
+impl EtcdStore {
+    pub fn connect(cfg: &Etcd) -> Result<Self> {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let mut opts = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout);
+        if let (Some(user), Some(file)) = (&cfg.username, &cfg.password_file) {
+            opts = opts.with_user(user.clone(), read_password(file)?);
+        }
+        if let Some(tls) = &cfg.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca {
+                t = t.ca_certificate(Certificate::from_pem(read_file(ca, "ca")?));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                t = t.identity(Identity::from_pem(
+                    read_file(cert, "cert")?,
+                    read_file(key, "key")?,
+                ));
+            }
+            opts = opts.with_tls(t);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::unexpected("cannot start runtime").with_details(e))?;
+        let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
+        let client = rt
+            .block_on(async { tokio::time::timeout(timeout, connecting).await })
+            .map_err(|_| crate::alloc::store_err(timed_out("connect")))?
+            .map_err(|e| crate::alloc::store_err(classify(&e, &cfg.endpoints)))?;
+        Ok(EtcdStore {
+            rt,
+            client,
+            timeout,
+            trips: 0,
+        })
+    }
+
+    fn run(&mut self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.trips += 1;
+        let mut kv = self.client.kv_client();
+        let timeout = self.timeout;
+        self.rt
+            .block_on(async { tokio::time::timeout(timeout, kv.txn(txn)).await })
+            .map_err(|_| timed_out("transaction"))?
+            .map_err(|e| classify(&e, &[]))
+    }
+}
+
+fn get_op(r: &Read) -> TxnOp {
+    match r {
+        Read::Key(k) => TxnOp::get(k.as_bytes(), None),
+        Read::Range { start, end } => TxnOp::get(
+            start.as_bytes(),
+            Some(GetOptions::new().with_range(end.as_bytes())),
+        ),
+        Read::Count { start, end } => TxnOp::get(
+            start.as_bytes(),
+            Some(
+                GetOptions::new()
+                    .with_range(end.as_bytes())
+                    .with_count_only(),
+            ),
+        ),
+    }
+}
+
+fn results(resp: &etcd_client::TxnResponse) -> Vec<ReadResult> {
+    resp.op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(ReadResult {
+                count: g.count().max(0) as u64,
+                kvs: g
+                    .kvs()
+                    .iter()
+                    .map(|kv| Kv {
+                        key: String::from_utf8_lossy(kv.key()).to_string(),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Store for EtcdStore {
+    fn read(&mut self, reads: &[Read]) -> Result<Vec<ReadResult>, StoreError> {
+        // A transaction with no compares: several reads, one revision, one trip.
+        let txn = Txn::new().and_then(reads.iter().map(get_op).collect::<Vec<_>>());
+        let resp = self.run(txn)?;
+        Ok(results(&resp))
+    }
+
+    fn txn(
+        &mut self,
+        compares: &[Compare],
+        writes: &[Write],
+        on_failure: &[Read],
+    ) -> Result<TxnResult, StoreError> {
+        let when: Vec<ECompare> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(k) => ECompare::create_revision(k.as_bytes(), CompareOp::Equal, 0),
+                Compare::ValueIs(k, v) => {
+                    ECompare::value(k.as_bytes(), CompareOp::Equal, v.clone())
+                }
+                Compare::ModRevision(k, r) => {
+                    ECompare::mod_revision(k.as_bytes(), CompareOp::Equal, *r)
+                }
+            })
+            .collect();
+        let then: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(k, v) => TxnOp::put(k.as_bytes(), v.clone(), None),
+                Write::Delete(k) => TxnOp::delete(k.as_bytes(), None),
+            })
+            .collect();
+        let otherwise: Vec<TxnOp> = on_failure.iter().map(get_op).collect();
+        let resp = self.run(Txn::new().when(when).and_then(then).or_else(otherwise))?;
+        let succeeded = resp.succeeded();
+        Ok(TxnResult {
+            succeeded,
+            reads: if succeeded {
+                Vec::new()
+            } else {
+                results(&resp)
+            },
+        })
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.trips
+    }
+}

@@ -1,0 +1,52 @@
+//! The underlay: a namespace with a bridge that every simulated host joins
+//! through a veth, and where etcd runs. Addresses are 172.31.0.0/24, used
+//! only inside namespaces the harness creates.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Result;
+
+use crate::netns::Netns;
+
+pub const FABRIC_IP: &str = "172.31.0.1";
+const PREFIX: u8 = 24;
+
+pub struct Fabric {
+    pub netns: Netns,
+    next: AtomicU32,
+}
+
+impl Fabric {
+    pub fn new(label: &str) -> Result<Self> {
+        let netns = Netns::new(&format!("{label}-fab"))?;
+        netns.ok(&["ip", "link", "add", "fab0", "type", "bridge"])?;
+        netns.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{FABRIC_IP}/{PREFIX}"),
+            "dev",
+            "fab0",
+        ])?;
+        netns.ok(&["ip", "link", "set", "fab0", "up"])?;
+        Ok(Fabric {
+            netns,
+            next: AtomicU32::new(10),
+        })
+    }
+
+    /// Plugs `ns` into the underlay as `underlay0` and returns its address.
+    pub fn attach(&self, ns: &Netns) -> Result<String> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let ip = format!("172.31.0.{n}");
+        let (outer, inner) = (format!("fab{n}"), "underlay0");
+        self.netns.ok(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", inner, "netns", &ns.name,
+        ])?;
+        self.netns
+            .ok(&["ip", "link", "set", &outer, "master", "fab0", "up"])?;
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/{PREFIX}"), "dev", inner])?;
+        ns.ok(&["ip", "link", "set", inner, "up"])?;
+        Ok(ip)
+    }
+}

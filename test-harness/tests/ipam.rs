@@ -1,0 +1,330 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+//! weft-ipam against a real etcd started by the harness, reached over the
+//! simulated underlay.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_harness::etcd::Etcd;
+use weft_harness::fabric::Fabric;
+use weft_harness::runtime::{first_address, plugin_bin, weft_ipam_network};
+use weft_harness::{require_root, Attach, Container, Host};
+
+/// Reservations of `network` in etcd: (address key, holder JSON).
+fn reservations(etcd: &Etcd, fabric: &Fabric, network: &str) -> Vec<(String, Value)> {
+    let out = etcd
+        .ctl(
+            &fabric.netns,
+            &[
+                "get",
+                "--prefix",
+                &format!("/weft/v1/ipam/{network}/ips/"),
+                "-w",
+                "json",
+            ],
+        )
+        .unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let b64 = |v: &Value| {
+        String::from_utf8(decode_b64(v.as_str().unwrap_or_default())).unwrap_or_default()
+    };
+    doc["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| {
+                    (
+                        b64(&kv["key"]),
+                        serde_json::from_str(&b64(&kv["value"])).unwrap_or(Value::Null),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn owners(etcd: &Etcd, fabric: &Fabric, network: &str) -> usize {
+    let out = etcd
+        .ctl(
+            &fabric.netns,
+            &[
+                "get",
+                "--prefix",
+                &format!("/weft/v1/ipam/{network}/owners/"),
+                "--keys-only",
+                "-w",
+                "json",
+            ],
+        )
+        .unwrap();
+    serde_json::from_str::<Value>(&out).unwrap()["count"]
+        .as_u64()
+        .unwrap_or(0) as usize
+}
+
+fn decode_b64(s: &str) -> Vec<u8> {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let Some(v) = ABC.iter().position(|x| *x == c) else {
+            continue;
+        };
+        buf = (buf << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn full_cycle_through_weft_on_two_hosts() {
+    require_root();
+    let fabric = Fabric::new("ipc").unwrap();
+    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let a = Host::new("ipa").unwrap();
+    let b = Host::new("ipb").unwrap();
+    fabric.attach(&a.netns).unwrap();
+    fabric.attach(&b.netns).unwrap();
+    let net_a = weft_ipam_network(&a, "shared", "1.1.0", "10.90.0.0/24", &etcd.endpoints());
+    let net_b = weft_ipam_network(&b, "shared", "1.1.0", "10.90.0.0/24", &etcd.endpoints());
+
+    let cs: Vec<Container> = (0..3)
+        .map(|i| Container::new(&format!("ic{i}")).unwrap())
+        .collect();
+    let r0 = net_a
+        .add(&a, &cs[0], "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    let r1 = net_a
+        .add(&a, &cs[1], "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    let r2 = net_b
+        .add(&b, &cs[2], "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    let ips: HashSet<String> = [&r0, &r1, &r2]
+        .iter()
+        .map(|r| first_address(r).unwrap())
+        .collect();
+    assert_eq!(ips.len(), 3, "one address plan across hosts: {ips:?}");
+    assert!(cs[0].netns.ping(&first_address(&r1).unwrap()));
+    assert!(net_a.check(&a, &cs[0], "eth0", &r0).unwrap().success);
+    let held = reservations(&etcd, &fabric, "shared");
+    assert_eq!(held.len(), 3, "{held:?} vs {ips:?}");
+
+    let again = net_a.add(&a, &cs[0], "eth0", &Attach::default()).unwrap();
+    // A second ADD of the same attachment fails in weft (its veth exists) but
+    // must not take a second address.
+    assert!(again.is_err());
+    assert_eq!(reservations(&etcd, &fabric, "shared").len(), 3);
+
+    for (net, h, c, r) in [
+        (&net_a, &a, &cs[0], &r0),
+        (&net_a, &a, &cs[1], &r1),
+        (&net_b, &b, &cs[2], &r2),
+    ] {
+        assert!(
+            net.del(h, &c.id, Some(c.path()), "eth0", Some(r))
+                .unwrap()
+                .success
+        );
+    }
+    assert_eq!(reservations(&etcd, &fabric, "shared"), vec![]);
+    assert_eq!(owners(&etcd, &fabric, "shared"), 0);
+    assert_eq!(
+        a.ovs.ports().unwrap().len() + b.ovs.ports().unwrap().len(),
+        0
+    );
+}
+
+/// Runs weft-ipam directly, as weft would, inside `ns`.
+fn ipam_cmd(
+    ns: &weft_harness::netns::Netns,
+    cmd: &str,
+    cid: &str,
+    conf: &Value,
+) -> std::process::Child {
+    let mut child = ns
+        .command(&plugin_bin("weft-ipam").unwrap().to_string_lossy())
+        .unwrap()
+        .env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    child
+}
+
+fn ipam_conf(
+    network: &str,
+    subnet: &str,
+    node: &str,
+    endpoints: &[String],
+    dir: &std::path::Path,
+) -> Value {
+    json!({"cniVersion": "1.1.0", "name": network, "type": "weft-ipam",
+           "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "nodeName": node,
+                    "dataDir": dir, "etcd": {"endpoints": endpoints, "timeoutMs": 2000}}})
+}
+
+#[test]
+fn eight_nodes_times_hundred_concurrent_adds_never_duplicate() {
+    require_root();
+    let fabric = Fabric::new("race").unwrap();
+    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let dir = &etcd.dir.path;
+    let mut running = Vec::new();
+    for node in 0..8 {
+        let conf = ipam_conf(
+            "race",
+            "10.100.0.0/22",
+            &format!("n{node}"),
+            &etcd.endpoints(),
+            dir,
+        );
+        for c in 0..100 {
+            running.push(ipam_cmd(
+                &fabric.netns,
+                "ADD",
+                &format!("n{node}-c{c}"),
+                &conf,
+            ));
+        }
+    }
+    let mut granted = Vec::new();
+    let mut codes = Vec::new();
+    for child in running {
+        let out = child.wait_with_output().unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&out.stdout)));
+        if out.status.success() {
+            granted.push(doc["ips"][0]["address"].as_str().unwrap().to_string());
+        } else {
+            codes.push(
+                doc["code"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("error without code: {doc}")),
+            );
+        }
+    }
+    let unique: HashSet<&String> = granted.iter().collect();
+    assert_eq!(
+        unique.len(),
+        granted.len(),
+        "an address was handed out twice"
+    );
+    let held = reservations(&etcd, &fabric, "race");
+    assert_eq!(
+        held.len(),
+        granted.len(),
+        "etcd holds exactly what was granted"
+    );
+    assert_eq!(owners(&etcd, &fabric, "race"), granted.len());
+    eprintln!(
+        "granted {}, refused {} with codes {:?}",
+        granted.len(),
+        codes.len(),
+        codes.iter().collect::<HashSet<_>>()
+    );
+    assert!(
+        granted.len() >= 790,
+        "a /22 has room for all 800; got {}",
+        granted.len()
+    );
+}
+
+#[test]
+fn etcd_down_is_code_11_in_time_and_reserves_nothing() {
+    require_root();
+    let fabric = Fabric::new("down").unwrap();
+    let mut etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let dir = etcd.dir.path.clone();
+    let conf = ipam_conf("down", "10.101.0.0/24", "n0", &etcd.endpoints(), &dir);
+    let run = |cmd: &str, cid: &str| {
+        let started = Instant::now();
+        let out = ipam_cmd(&fabric.netns, cmd, cid, &conf)
+            .wait_with_output()
+            .unwrap();
+        (
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null),
+            out.status.success(),
+            started.elapsed(),
+        )
+    };
+    assert!(run("ADD", "kept").1);
+
+    // A frozen etcd: connections open, nothing answers. Code 11 within timeoutMs (2 s) plus a margin.
+    let pid = std::fs::read_to_string(dir.join("m0.pid"))
+        .unwrap()
+        .trim()
+        .parse::<i32>()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let (doc, ok, took) = run("ADD", "frozen");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert!(!ok && doc["code"] == 11, "{doc}");
+    assert!(took < Duration::from_millis(2000 + 1000), "took {took:?}");
+
+    // A stopped etcd: refused at once.
+    etcd.stop_member(0);
+    let (doc, ok, took) = run("ADD", "stopped");
+    assert!(!ok && doc["code"] == 11, "{doc}");
+    assert!(took < Duration::from_millis(3000), "took {took:?}");
+    let (doc, ok, _) = run("DEL", "kept");
+    assert!(!ok && doc["code"] == 11, "DEL while etcd is down: {doc}");
+
+    etcd.start_member(&fabric.netns, 0).unwrap();
+    etcd.wait_serving(0).unwrap();
+    let held: Vec<String> = reservations(&etcd, &fabric, "down")
+        .iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(
+        held.len(),
+        1,
+        "only 'kept': nothing reserved while etcd was down: {held:?}"
+    );
+    assert!(run("DEL", "kept").1, "DEL succeeds once etcd is back");
+
+    // GC reclaims what an ADD whose caller died left behind.
+    assert!(run("ADD", "orphan").1);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = ipam_cmd(&fabric.netns, "GC", "", &gc)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(reservations(&etcd, &fabric, "down"), vec![]);
+}
