@@ -76,20 +76,33 @@ impl Allocated {
 
 /// Where the next automatic address search starts, per range set: a hint
 /// kept on the node (like host-local's last_reserved_ip), never trusted.
+/// It also caches the node's blocks, which saves the read that would find
+/// them: the reservation's own compare says whether we still hold a block.
 pub trait Hints {
     fn get(&self, set: usize) -> Option<IpAddr>;
     fn set(&mut self, set: usize, ip: IpAddr);
+    fn blocks(&self) -> Option<Vec<IpNet>>;
+    fn set_blocks(&mut self, blocks: Vec<IpNet>);
 }
 
 #[derive(Debug, Default)]
-pub struct MemHints(pub std::collections::HashMap<usize, IpAddr>);
+pub struct MemHints {
+    pub last: std::collections::HashMap<usize, IpAddr>,
+    pub blocks: Option<Vec<IpNet>>,
+}
 
 impl Hints for MemHints {
     fn get(&self, set: usize) -> Option<IpAddr> {
-        self.0.get(&set).copied()
+        self.last.get(&set).copied()
     }
     fn set(&mut self, set: usize, ip: IpAddr) {
-        self.0.insert(set, ip);
+        self.last.insert(set, ip);
+    }
+    fn blocks(&self) -> Option<Vec<IpNet>> {
+        self.blocks.clone()
+    }
+    fn set_blocks(&mut self, blocks: Vec<IpNet>) {
+        self.blocks = Some(blocks);
     }
 }
 
@@ -244,8 +257,17 @@ impl<'a, S: Store> Allocator<'a, S> {
 
     /// Blocks of set `set` in `claimed` (keys of `blocks/` or `nodes/<n>/`).
     fn blocks_of_set(&self, set: usize, kvs: &[Kv]) -> Vec<IpNet> {
-        kvs.iter()
+        let blocks: Vec<IpNet> = kvs
+            .iter()
             .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        self.in_set(set, &blocks)
+    }
+
+    fn in_set(&self, set: usize, blocks: &[IpNet]) -> Vec<IpNet> {
+        blocks
+            .iter()
+            .copied()
             .filter(|b| {
                 self.cfg.range_sets[set]
                     .iter()
@@ -310,16 +332,29 @@ impl<'a, S: Store> Allocator<'a, S> {
     ) -> Result<Vec<Allocated>> {
         let node = self.cfg.node.clone();
         let owner_key = self.keys.owner(cid, ifname);
-        let first = self
-            .store
-            .read(&[
-                Read::Key(owner_key.clone()),
-                Read::prefix(&self.keys.node_blocks(&node)),
-            ])
-            .map_err(store_err)?;
-        if let Some(kv) = first[0].kvs.first() {
-            return self.existing(kv);
-        }
+        // With the node's blocks cached, the reservation is the first and
+        // usually the only round trip: its compares check that the owner is
+        // new and the block still ours, and a failure reads back what changed.
+        let known: Vec<IpNet> = match hints.blocks() {
+            Some(blocks) => blocks,
+            None => {
+                let first = self
+                    .store
+                    .read(&[
+                        Read::Key(owner_key.clone()),
+                        Read::prefix(&self.keys.node_blocks(&node)),
+                    ])
+                    .map_err(store_err)?;
+                if let Some(kv) = first[0].kvs.first() {
+                    return self.existing(kv);
+                }
+                first[1]
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| parse_block_key(&kv.key))
+                    .collect()
+            }
+        };
         let sets = self.cfg.range_sets.len();
         let mut statics: Vec<Option<IpAddr>> = vec![None; sets];
         for ip in requested {
@@ -345,9 +380,7 @@ impl<'a, S: Store> Allocator<'a, S> {
                 ));
             }
         }
-        let mut own: Vec<Vec<IpNet>> = (0..sets)
-            .map(|s| self.blocks_of_set(s, &first[1].kvs))
-            .collect();
+        let mut own: Vec<Vec<IpNet>> = (0..sets).map(|s| self.in_set(s, &known)).collect();
         // Addresses known taken, learnt from failed attempts.
         let mut taken: Vec<HashSet<IpAddr>> = vec![HashSet::new(); sets];
         let mut free_known: Vec<Vec<(IpAddr, IpNet)>> = vec![Vec::new(); sets];
@@ -401,6 +434,7 @@ impl<'a, S: Store> Allocator<'a, S> {
                             hints.set(set, p.ip());
                         }
                     }
+                    hints.set_blocks(own.iter().flatten().copied().collect());
                     return Ok(self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>()));
                 }
                 Attempt::AlreadyHeld(kv) => return self.existing(&kv),
@@ -422,7 +456,10 @@ impl<'a, S: Store> Allocator<'a, S> {
                         }
                         let block = p.block().copied();
                         if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
+                            // Not ours after all (a stale cache): forget it, and
+                            // do not fall back to borrowing from it.
                             own[set].retain(|x| *x != b);
+                            continue;
                         }
                         let in_block: HashSet<IpAddr> = used
                             .iter()

@@ -63,7 +63,7 @@ fn first_add_claims_a_block_and_skips_network_and_gateway() {
 }
 
 #[test]
-fn common_case_is_two_round_trips() {
+fn common_case_is_one_round_trip_with_hints_and_two_without() {
     let c = cfg("a", v4("10.1.0.0/24"));
     let mut s = MemStore::default();
     let mut hints = MemHints::default();
@@ -76,7 +76,63 @@ fn common_case_is_two_round_trips() {
             .add(&format!("c{i}"), "eth0", &[], &mut hints)
             .unwrap();
     }
-    assert_eq!(s.round_trips() - before, 2 * 19);
+    assert_eq!(
+        s.round_trips() - before,
+        19,
+        "cached blocks and a good hint: one transaction"
+    );
+    let before = s.round_trips();
+    let mut no_cache = MemHints {
+        last: hints.last.clone(),
+        blocks: None,
+    };
+    Allocator::new(&c, &mut s)
+        .add("fresh", "eth0", &[], &mut no_cache)
+        .unwrap();
+    assert_eq!(
+        s.round_trips() - before,
+        2,
+        "read the node's blocks, then reserve"
+    );
+    // A repeated ADD on the cached path is answered by the failed compare.
+    let again = Allocator::new(&c, &mut s)
+        .add("c3", "eth0", &[], &mut hints)
+        .unwrap();
+    let fresh = Allocator::new(&c, &mut s)
+        .add("c3", "eth0", &[], &mut MemHints::default())
+        .unwrap();
+    assert_eq!(again, fresh);
+}
+
+#[test]
+fn a_stale_block_cache_is_caught_by_the_compare() {
+    let c = cfg("a", v4("10.1.0.0/24"));
+    let mut s = MemStore::default();
+    let mut hints = MemHints::default();
+    // The cache names a block that node b holds in etcd.
+    let b_block: IpNet = "10.1.0.64/26".parse().unwrap();
+    s.txn(
+        &[],
+        &[Write::Put(
+            "/weft/v1/ipam/net/blocks/4-0a010040-26".into(),
+            b"b".to_vec(),
+        )],
+        &[],
+    )
+    .unwrap();
+    hints.set_blocks(vec![b_block]);
+    let got = Allocator::new(&c, &mut s)
+        .add("c1", "eth0", &[], &mut hints)
+        .unwrap();
+    assert!(
+        !b_block.contains(&got[0].ip),
+        "must not allocate in b's block: {}",
+        got[0].ip
+    );
+    assert!(
+        !hints.blocks().unwrap().contains(&b_block),
+        "the stale block left the cache"
+    );
 }
 
 #[test]

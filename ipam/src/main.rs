@@ -38,15 +38,27 @@ fn setup(ctx: &Context) -> Result<(IpamConfig, EtcdStore)> {
         .and_then(|v| v.as_str());
     weft_cni::logging::init(log_file.as_deref(), log_level);
     let cfg = IpamConfig::parse(&ctx.conf.name, ipam, &hostname())?;
+    let started = std::time::Instant::now();
     let store = EtcdStore::connect(&cfg.etcd)?;
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "connected to etcd"
+    );
     Ok((cfg, store))
 }
 
-/// The node's last handed-out address per range set, in a small file: only a
-/// place to start looking, so losing or racing on it is harmless.
+/// The node's last handed-out address per range set and its blocks, in a
+/// small file: only where to start, since every reservation is checked by
+/// etcd, so losing it or racing on it is harmless.
 struct FileHints {
     path: PathBuf,
-    map: HashMap<usize, IpAddr>,
+    map: Saved,
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    last: HashMap<usize, IpAddr>,
+    blocks: Option<Vec<ipnet::IpNet>>,
 }
 
 impl FileHints {
@@ -81,10 +93,16 @@ impl FileHints {
 
 impl Hints for FileHints {
     fn get(&self, set: usize) -> Option<IpAddr> {
-        self.map.get(&set).copied()
+        self.map.last.get(&set).copied()
     }
     fn set(&mut self, set: usize, ip: IpAddr) {
-        self.map.insert(set, ip);
+        self.map.last.insert(set, ip);
+    }
+    fn blocks(&self) -> Option<Vec<ipnet::IpNet>> {
+        self.map.blocks.clone()
+    }
+    fn set_blocks(&mut self, blocks: Vec<ipnet::IpNet>) {
+        self.map.blocks = Some(blocks);
     }
 }
 
@@ -100,6 +118,7 @@ impl Plugin for WeftIpam {
                 .filter(|ip| !ctx.conf.requested_ips.contains(ip)),
         );
         let mut hints = FileHints::load(&cfg);
+        let started = std::time::Instant::now();
         let got = Allocator::new(&cfg, &mut store).add(
             ctx.env.container_id(),
             ctx.env.ifname(),
@@ -107,7 +126,11 @@ impl Plugin for WeftIpam {
             &mut hints,
         )?;
         hints.save();
-        tracing::debug!(round_trips = store.round_trips(), "allocated");
+        tracing::debug!(
+            round_trips = store.round_trips(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "allocated"
+        );
         Ok(CniResult {
             interfaces: Vec::new(),
             ips: got

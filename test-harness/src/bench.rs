@@ -1,15 +1,18 @@
 #![allow(clippy::print_stdout)]
-//! ADD/DEL latency of weft against the reference bridge plugin, interleaved in
-//! one run on one host so machine noise hits both sides alike. Times are what
-//! a runtime sees: fork to exit of the plugin process.
+//! ADD/DEL latency of weft (with host-local and with weft-ipam on etcd)
+//! against the reference bridge plugin, interleaved in one run on one host so
+//! machine noise hits every side alike; then allocation throughput. Times are
+//! what a runtime sees: fork to exit of the plugin process.
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+use crate::etcd::Etcd;
+use crate::fabric::Fabric;
 use crate::host::{Container, Host};
-use crate::runtime::{weft_plugin, Attach, Network};
+use crate::runtime::{weft_ipam_conf, weft_plugin, Attach, Network};
 
 pub struct Stats {
     pub median: Duration,
@@ -80,23 +83,27 @@ fn settle() {
     }
 }
 
-/// Our children other than the OVS daemons the harness runs.
+/// Our children other than the daemons the harness runs (OVS, etcd).
 fn plugin_leftovers(me: i32) -> usize {
+    let ours = crate::cleanup::registered_pids();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
     dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
-            let (head, tail) = stat.rsplit_once(')').unwrap_or_default();
-            let ppid = tail
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
                 .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i32>().ok());
-            let comm = head.split_once('(').map(|x| x.1).unwrap_or_default();
-            ppid == Some(me) && comm != "ovsdb-server" && comm != "ovs-vswitchd"
+                .nth(1)?
+                .parse::<i32>()
+                .ok()?;
+            Some((pid, ppid))
         })
+        .filter(|(pid, ppid)| *ppid == me && !ours.contains(pid))
         .count()
 }
 
@@ -118,34 +125,46 @@ pub fn reference_plugin(host: &Host, subnet: &str) -> Value {
                     "dataDir": host.ipam_dir()}})
 }
 
-/// Runs `runs` interleaved ADD/DEL cycles per side and prints the table.
-pub fn run(runs: usize) -> Result<()> {
+fn side(name: &'static str, plugin: Value, network: &str) -> Result<Side> {
+    let net = Network::new(json!({"cniVersion": "1.0.0", "name": network, "plugins": [plugin]}))?;
+    Ok(Side {
+        name,
+        net,
+        add: vec![],
+        del: vec![],
+    })
+}
+
+/// Runs `runs` interleaved ADD/DEL cycles per side and prints the tables:
+/// latency against the reference, then allocation throughput.
+pub fn run(runs: usize, allocations: usize) -> Result<()> {
     crate::require_root();
     become_subreaper()?;
+    let fabric = Fabric::new("bench")?;
+    let etcd = Etcd::start(&fabric.netns, 1, None)?;
     let host = Host::new("bench")?;
-    let mut weft_conf = weft_plugin(&host, "10.90.0.0/16");
-    weft_conf.as_object_mut().map(|m| m.remove("logLevel"));
-    if let Ok(f) = std::env::var("WEFT_BENCH_LOG") {
-        weft_conf["logFile"] = f.into();
-        weft_conf["logLevel"] = "debug".into();
-    }
+    fabric.attach(&host.netns)?;
+
+    let log = std::env::var("WEFT_BENCH_LOG").ok();
+    let quiet = |mut conf: Value| {
+        conf.as_object_mut().map(|m| m.remove("logLevel"));
+        if let Some(f) = &log {
+            conf["logFile"] = f.clone().into();
+            conf["logLevel"] = "debug".into();
+        }
+        conf
+    };
+    let with_host_local = quiet(weft_plugin(&host, "10.90.0.0/16"));
+    let mut with_weft_ipam = quiet(weft_plugin(&host, "10.92.0.0/16"));
+    with_weft_ipam["ipam"] = weft_ipam_conf(&host, "10.92.0.0/16", &etcd.endpoints());
     let mut sides = [
-        Side {
-            name: "weft + host-local",
-            net: Network::new(
-                json!({"cniVersion": "1.0.0", "name": "bw", "plugins": [weft_conf]}),
-            )?,
-            add: vec![],
-            del: vec![],
-        },
-        Side {
-            name: "bridge + host-local (reference)",
-            net: Network::new(
-                json!({"cniVersion": "1.0.0", "name": "br", "plugins": [reference_plugin(&host, "10.91.0.0/16")]}),
-            )?,
-            add: vec![],
-            del: vec![],
-        },
+        side("weft + host-local", with_host_local, "bw")?,
+        side("weft + weft-ipam (etcd)", with_weft_ipam, "be")?,
+        side(
+            "bridge + host-local (reference)",
+            reference_plugin(&host, "10.91.0.0/16"),
+            "br",
+        )?,
     ];
     let containers: Vec<Container> = (0..4)
         .map(|i| Container::new(&format!("bc{i}")))
@@ -156,27 +175,116 @@ pub fn run(runs: usize) -> Result<()> {
             side.cycle(&host, &containers[i % containers.len()], i >= 3)?;
         }
     }
-    println!("| operation | weft median | weft p95 | reference median | reference p95 | ratio (median) |");
-    println!("|---|---|---|---|---|---|");
-    let [w, r] = &mut sides;
-    for (op, ws, rs) in [
-        ("ADD", &mut w.add, &mut r.add),
-        ("DEL", &mut w.del, &mut r.del),
-    ] {
-        let (a, b) = (stats(ws), stats(rs));
-        println!(
-            "| {op} | {} | {} | {} | {} | {:.2}x |",
-            ms(a.median),
-            ms(a.p95),
-            ms(b.median),
-            ms(b.p95),
-            a.median.as_secs_f64() / b.median.as_secs_f64()
-        );
-    }
-    println!(
-        "\nweft = {}; reference = {}; {runs} cycles each, interleaved, cniVersion 1.0.0.",
-        w.name, r.name
+    println!("| operation | plugins | median | p95 | ratio to reference (median) |");
+    println!("|---|---|---|---|---|");
+    let reference = (
+        stats(&mut sides[2].add.clone()).median,
+        stats(&mut sides[2].del.clone()).median,
     );
-    println!("Time is fork-to-exit of the plugin process; between operations the harness waits for every process a plugin left behind.");
+    for op in ["ADD", "DEL"] {
+        for side in sides.iter_mut() {
+            let (samples, base) = if op == "ADD" {
+                (&mut side.add, reference.0)
+            } else {
+                (&mut side.del, reference.1)
+            };
+            let st = stats(samples);
+            let ratio = st.median.as_secs_f64() / base.as_secs_f64();
+            println!(
+                "| {op} | {} | {} | {} | {ratio:.2}x |",
+                side.name,
+                ms(st.median),
+                ms(st.p95)
+            );
+        }
+    }
+    println!("\n{runs} cycles per side, interleaved, cniVersion 1.0.0; time is fork-to-exit of the first plugin of the chain.");
+    println!("Between operations the harness waits for every process a plugin left behind.\n");
+
+    throughput(&fabric, &etcd, allocations)
+}
+
+/// Allocations per second from 8 simulated nodes at once, each allocating one
+/// address after another, with weft-ipam against one etcd and, beside it,
+/// host-local doing the same work with no coordination at all.
+fn throughput(fabric: &Fabric, etcd: &Etcd, per_node: usize) -> Result<()> {
+    let nodes = 8;
+    let log = etcd.dir.path.join("throughput.log");
+    let bin_ipam = crate::runtime::plugin_bin("weft-ipam")?;
+    let bin_local = crate::runtime::plugin_bin("host-local")?;
+    let run_side =
+        |bin: &std::path::Path, conf_for: &dyn Fn(usize) -> Value| -> Result<(Duration, usize)> {
+            let started = std::time::Instant::now();
+            let failures = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..nodes)
+                    .map(|n| {
+                        let conf = conf_for(n);
+                        s.spawn(move || -> usize {
+                            let mut failed = 0;
+                            for c in 0..per_node {
+                                let call = crate::runtime::Call {
+                                    command: "ADD",
+                                    container_id: &format!("n{n}-c{c}"),
+                                    netns: Some(std::path::Path::new("/proc/self/ns/net")),
+                                    ifname: "eth0",
+                                    args: None,
+                                };
+                                let ok = crate::runtime::exec_raw(
+                                    &fabric.netns,
+                                    bin,
+                                    &call.env(),
+                                    conf.to_string().as_bytes(),
+                                )
+                                .map(|o| o.success)
+                                .unwrap_or(false);
+                                failed += usize::from(!ok);
+                            }
+                            failed
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or(per_node))
+                    .sum::<usize>()
+            });
+            Ok((started.elapsed(), failures))
+        };
+    let ipam_conf = |n: usize| {
+        json!({"cniVersion": "1.0.0", "name": "tput", "type": "weft-ipam",
+               "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": "10.110.0.0/16"}]], "nodeName": format!("n{n}"),
+                        "dataDir": etcd.dir.path.join("hints"), "logFile": log, "logLevel": "debug",
+                        "etcd": {"endpoints": etcd.endpoints(), "timeoutMs": 2000}}})
+    };
+    let local_conf = |n: usize| {
+        json!({"cniVersion": "1.0.0", "name": "tput-local", "type": "host-local",
+               "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.{}.0.0/16", 120 + n)}]],
+                        "dataDir": etcd.dir.path.join(format!("host-local-{n}"))}})
+    };
+    let (t_ipam, f_ipam) = run_side(&bin_ipam, &ipam_conf)?;
+    let (t_local, f_local) = run_side(&bin_local, &local_conf)?;
+    let trips: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("allocated"))
+        .filter_map(|l| {
+            l.split("round_trips=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let total = nodes * per_node;
+    let rate = |t: Duration, failed: usize| (total - failed) as f64 / t.as_secs_f64();
+    let avg_trips = trips.iter().sum::<u64>() as f64 / trips.len().max(1) as f64;
+    println!("| allocation throughput, {nodes} nodes at once, {per_node} each | allocations/s | failed | etcd round trips per allocation |");
+    println!("|---|---|---|---|");
+    println!("| weft-ipam, one etcd, one cluster-wide plan | {:.0} | {f_ipam} | {avg_trips:.2} (max {}) |", rate(t_ipam, f_ipam), trips.iter().max().unwrap_or(&0));
+    println!(
+        "| host-local, one plan per node (reference, no coordination) | {:.0} | {f_local} | - |",
+        rate(t_local, f_local)
+    );
     Ok(())
 }

@@ -51,6 +51,20 @@ impl Drop for Token {
     }
 }
 
+/// Processes the harness itself runs (OVS, etcd): not leftovers of a plugin.
+pub fn registered_pids() -> Vec<i32> {
+    let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    reg.iter()
+        .filter_map(|(_, r)| {
+            if let Resource::Process(p) = r {
+                Some(*p)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Installs the signal handler and sweeps leftovers of dead runs, once.
 pub fn init() {
     INIT.call_once(|| {

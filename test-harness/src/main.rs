@@ -19,6 +19,9 @@ enum Cmd {
         /// ADD/DEL cycles per side.
         #[arg(long, default_value_t = 100)]
         runs: usize,
+        /// Allocations per simulated node in the throughput figure.
+        #[arg(long, default_value_t = 50)]
+        allocations: usize,
     },
     /// Removes what killed harness runs left behind.
     Sweep,
@@ -28,7 +31,7 @@ fn main() -> Result<()> {
     weft_harness::cleanup::init();
     let result = match Cli::parse().cmd {
         Cmd::Demo => weft_harness::demo::run(),
-        Cmd::Bench { runs } => weft_harness::bench::run(runs),
+        Cmd::Bench { runs, allocations } => weft_harness::bench::run(runs, allocations),
         Cmd::Sweep => {
             weft_harness::cleanup::sweep_stale();
             Ok(())
