@@ -19,7 +19,11 @@ use crate::store::{
 pub struct EtcdStore {
     rt: tokio::runtime::Runtime,
     client: Client,
-    timeout: Duration,
+    /// The whole invocation's budget: `timeoutMs` from connect.
+    deadline: tokio::time::Instant,
+    /// One attempt's share of it, so a request stuck on a dead member is
+    /// abandoned in time to try another.
+    slice: Duration,
     trips: u64,
 }
 
@@ -54,6 +58,13 @@ fn read_file(path: &std::path::Path, field: &str) -> Result<Vec<u8>> {
 fn classify(e: &etcd_client::Error, endpoints: &[String]) -> StoreError {
     use etcd_client::Error as E;
     let (kind, msg) = match e {
+        // A status that carries a local error source was made by tonic for a
+        // connection that broke mid-call (etcd's own replies carry none):
+        // that is etcd being unavailable, whatever code tonic gave it.
+        E::GRpcStatus(s) if std::error::Error::source(s).is_some() => (
+            StoreErrorKind::Unavailable,
+            format!("{}: {}", s.message(), source_chain(s)),
+        ),
         E::GRpcStatus(s) => match s.code() {
             tonic_code::UNAUTHENTICATED | tonic_code::PERMISSION_DENIED => {
                 (StoreErrorKind::Auth, s.message().to_string())
@@ -115,6 +126,7 @@ fn timed_out(what: &str) -> StoreError {
 impl EtcdStore {
     pub fn connect(cfg: &Etcd) -> Result<Self> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut opts = ConnectOptions::new()
             .with_timeout(timeout)
             .with_connect_timeout(timeout);
@@ -140,25 +152,47 @@ impl EtcdStore {
             .map_err(|e| Error::unexpected("cannot start runtime").with_details(e))?;
         let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
         let client = rt
-            .block_on(async { tokio::time::timeout(timeout, connecting).await })
+            .block_on(async { tokio::time::timeout_at(deadline, connecting).await })
             .map_err(|_| crate::alloc::store_err(timed_out("connect")))?
             .map_err(|e| crate::alloc::store_err(classify(&e, &cfg.endpoints)))?;
+        let slice = (timeout / 4).max(Duration::from_millis(250));
         Ok(EtcdStore {
             rt,
             client,
-            timeout,
+            deadline,
+            slice,
             trips: 0,
         })
     }
 
+    /// One transaction; a broken connection or a leaderless moment is retried
+    /// (on whichever member answers) until the deadline. Retrying is safe:
+    /// a transaction that did commit fails its compares the second time, and
+    /// the reads that come back say what it did.
     fn run(&mut self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
-        self.trips += 1;
-        let mut kv = self.client.kv_client();
-        let timeout = self.timeout;
-        self.rt
-            .block_on(async { tokio::time::timeout(timeout, kv.txn(txn)).await })
-            .map_err(|_| timed_out("transaction"))?
-            .map_err(|e| classify(&e, &[]))
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            self.trips += 1;
+            let mut kv = self.client.kv_client();
+            let deadline = self.deadline;
+            let until = deadline.min(tokio::time::Instant::now() + self.slice);
+            let attempt = txn.clone();
+            let outcome = self
+                .rt
+                .block_on(async { tokio::time::timeout_at(until, kv.txn(attempt)).await });
+            let err = match outcome {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => classify(&e, &[]),
+                Err(_) => timed_out("transaction"),
+            };
+            let now = tokio::time::Instant::now();
+            if err.kind != StoreErrorKind::Unavailable || now + backoff >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(error = %err.msg, "etcd unavailable; retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
     }
 }
 

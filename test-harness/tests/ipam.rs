@@ -328,3 +328,146 @@ fn etcd_down_is_code_11_in_time_and_reserves_nothing() {
     );
     assert_eq!(reservations(&etcd, &fabric, "down"), vec![]);
 }
+
+/// The id of the member that leads, as its index in `etcd.members`.
+fn leader(etcd: &Etcd, fabric: &Fabric) -> usize {
+    let out = etcd
+        .ctl(&fabric.netns, &["endpoint", "status", "-w", "json"])
+        .unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let list = doc.as_array().unwrap();
+    let leader_id = list[0]["Status"]["leader"].as_u64().unwrap();
+    let endpoint = list
+        .iter()
+        .find(|m| m["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
+        .unwrap()["Endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    etcd.members
+        .iter()
+        .position(|m| m.client_url == endpoint)
+        .unwrap()
+}
+
+#[test]
+fn leader_killed_during_concurrent_adds() {
+    require_root();
+    let fabric = Fabric::new("fail").unwrap();
+    let mut etcd = Etcd::start(&fabric.netns, 3, None).unwrap();
+    let dir = etcd.dir.path.clone();
+    let mut running = Vec::new();
+    for node in 0..4 {
+        // Failover under 240 starting processes on a small machine can take
+        // seconds; the budget says how long an ADD may wait for it.
+        let mut conf = ipam_conf(
+            "fail",
+            "10.102.0.0/22",
+            &format!("n{node}"),
+            &etcd.endpoints(),
+            &dir,
+        );
+        conf["ipam"]["etcd"]["timeoutMs"] = json!(5000);
+        for c in 0..60 {
+            running.push(ipam_cmd(
+                &fabric.netns,
+                "ADD",
+                &format!("n{node}-c{c}"),
+                &conf,
+            ));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let killed = leader(&etcd, &fabric);
+    etcd.kill_member(killed);
+
+    let mut granted = Vec::new();
+    let mut codes = Vec::new();
+    for child in running {
+        let out = child.wait_with_output().unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&out.stdout)));
+        if out.status.success() {
+            granted.push(
+                doc["ips"][0]["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+        } else {
+            codes.push(doc["code"].as_u64().unwrap_or(0));
+            if doc["code"] != 11 || codes.len() == 1 {
+                eprintln!("first/odd failure: {doc}");
+            }
+        }
+    }
+    eprintln!(
+        "killed member {killed}; granted {}, code 11 for {}",
+        granted.len(),
+        codes.len()
+    );
+    assert!(
+        codes.iter().all(|c| *c == 11),
+        "every failure must be 11: {codes:?}"
+    );
+    let unique: HashSet<&String> = granted.iter().collect();
+    assert_eq!(
+        unique.len(),
+        granted.len(),
+        "an address was handed out twice"
+    );
+
+    // Every reservation has its owner record and every owner record its
+    // reservations; what was granted is among them. (An ADD that got 11 may
+    // still have committed: GC finds it through its owner record.)
+    let held = reservations(&etcd, &fabric, "fail");
+    let out = etcd
+        .ctl(
+            &fabric.netns,
+            &[
+                "get",
+                "--prefix",
+                "/weft/v1/ipam/fail/owners/",
+                "-w",
+                "json",
+            ],
+        )
+        .unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let owner_ips: HashSet<String> = doc["kvs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|kv| {
+            let rec: Value =
+                serde_json::from_slice(&decode_b64(kv["value"].as_str().unwrap())).unwrap();
+            rec["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let held_ips: HashSet<String> = held
+        .iter()
+        .map(|(k, _)| {
+            let hex = k.rsplit('-').next().unwrap();
+            std::net::Ipv4Addr::from(u32::from_str_radix(hex, 16).unwrap()).to_string()
+        })
+        .collect();
+    assert_eq!(
+        held_ips, owner_ips,
+        "reservations and owner records must match one to one"
+    );
+    for ip in &granted {
+        assert!(
+            held_ips.contains(ip),
+            "{ip} was granted but is not reserved"
+        );
+    }
+}
