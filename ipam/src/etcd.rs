@@ -24,6 +24,7 @@ pub struct EtcdStore {
     /// One attempt's share of it, so a request stuck on a dead member is
     /// abandoned in time to try another.
     slice: Duration,
+    hint: String,
     trips: u64,
 }
 
@@ -55,7 +56,7 @@ fn read_file(path: &std::path::Path, field: &str) -> Result<Vec<u8>> {
     })
 }
 
-fn classify(e: &etcd_client::Error, endpoints: &[String]) -> StoreError {
+fn classify(e: &etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     let (kind, msg) = match e {
         // A status that carries a local error source was made by tonic for a
@@ -72,6 +73,8 @@ fn classify(e: &etcd_client::Error, endpoints: &[String]) -> StoreError {
             tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED | tonic_code::CANCELLED => {
                 (StoreErrorKind::Unavailable, s.message().to_string())
             }
+            // etcd reports bad credentials as InvalidArgument; its message
+            // strings are part of its client API (clientv3 matches them too).
             _ if s.message().contains("authentication") || s.message().contains("user name") => {
                 (StoreErrorKind::Auth, s.message().to_string())
             }
@@ -84,15 +87,24 @@ fn classify(e: &etcd_client::Error, endpoints: &[String]) -> StoreError {
         E::IoError(io) => (StoreErrorKind::Unavailable, io.to_string()),
         other => (StoreErrorKind::Other, other.to_string()),
     };
-    let plain = endpoints.iter().all(|e| e.starts_with("http://"));
-    let hint = if plain && kind == StoreErrorKind::Unavailable {
-        " (if etcd requires TLS, use https:// endpoints and ipam.etcd.tls)"
+    StoreError { kind, msg }
+}
+
+/// What to add to "unavailable" errors, from the config alone: the causes we
+/// cannot see on the wire (a plaintext client at a TLS port, a missing client
+/// certificate) show up only as closed connections.
+fn hint(cfg: &Etcd) -> String {
+    let at = cfg.endpoints.join(", ");
+    let plain = cfg.endpoints.iter().all(|e| e.starts_with("http://"));
+    let no_cert = cfg.tls.as_ref().is_some_and(|t| t.cert.is_none());
+    if plain {
+        format!(" (etcd at {at}; if it requires TLS, use https:// endpoints and ipam.etcd.tls)")
+    } else if no_cert {
+        format!(
+            " (etcd at {at}; if it requires client certificates, set ipam.etcd.tls.cert and key)"
+        )
     } else {
-        ""
-    };
-    StoreError {
-        kind,
-        msg: format!("{msg}{hint}"),
+        format!(" (etcd at {at})")
     }
 }
 
@@ -114,6 +126,13 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out.join(": ")
+}
+
+fn with_hint(mut e: StoreError, hint: &str) -> StoreError {
+    if e.kind == StoreErrorKind::Unavailable {
+        e.msg.push_str(hint);
+    }
+    e
 }
 
 fn timed_out(what: &str) -> StoreError {
@@ -153,14 +172,15 @@ impl EtcdStore {
         let connecting = Client::connect(cfg.endpoints.clone(), Some(opts));
         let client = rt
             .block_on(async { tokio::time::timeout_at(deadline, connecting).await })
-            .map_err(|_| crate::alloc::store_err(timed_out("connect")))?
-            .map_err(|e| crate::alloc::store_err(classify(&e, &cfg.endpoints)))?;
+            .map_err(|_| crate::alloc::store_err(with_hint(timed_out("connect"), &hint(cfg))))?
+            .map_err(|e| crate::alloc::store_err(with_hint(classify(&e), &hint(cfg))))?;
         let slice = (timeout / 4).max(Duration::from_millis(250));
         Ok(EtcdStore {
             rt,
             client,
             deadline,
             slice,
+            hint: hint(cfg),
             trips: 0,
         })
     }
@@ -182,12 +202,12 @@ impl EtcdStore {
                 .block_on(async { tokio::time::timeout_at(until, kv.txn(attempt)).await });
             let err = match outcome {
                 Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => classify(&e, &[]),
+                Ok(Err(e)) => classify(&e),
                 Err(_) => timed_out("transaction"),
             };
             let now = tokio::time::Instant::now();
             if err.kind != StoreErrorKind::Unavailable || now + backoff >= deadline {
-                return Err(err);
+                return Err(with_hint(err, &self.hint));
             }
             tracing::debug!(error = %err.msg, "etcd unavailable; retrying");
             std::thread::sleep(backoff);

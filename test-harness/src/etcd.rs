@@ -27,6 +27,8 @@ pub struct Etcd {
     pub dir: ScratchDir,
     netns_name: String,
     netns_path: PathBuf,
+    /// (ca, cert, key) for etcdctl when the cluster requires client certificates.
+    pub ctl_tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 /// Extra flags for TLS: server cert, key, and the CA clients must chain to.
@@ -93,6 +95,7 @@ impl Etcd {
             dir,
             netns_name: fabric.name.clone(),
             netns_path: fabric.path.clone(),
+            ctl_tls: None,
         };
         for i in 0..n {
             etcd.start_member(fabric, i)?;
@@ -174,13 +177,15 @@ impl Etcd {
 
     /// `etcdctl` against this cluster, run inside the fabric namespace.
     pub fn ctl(&self, fabric: &Netns, args: &[&str]) -> Result<String> {
-        let out = fabric
-            .command("etcdctl")?
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints().join(",")))
-            .args(args)
-            .output()
-            .context("running etcdctl")?;
+        let mut cmd = fabric.command("etcdctl")?;
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")));
+        if let Some((ca, cert, key)) = &self.ctl_tls {
+            cmd.arg(format!("--cacert={}", ca.display()))
+                .arg(format!("--cert={}", cert.display()))
+                .arg(format!("--key={}", key.display()));
+        }
+        let out = cmd.args(args).output().context("running etcdctl")?;
         if !out.status.success() {
             bail!(
                 "etcdctl {args:?}: {}",

@@ -12,6 +12,7 @@ pub mod fabric;
 pub mod host;
 pub mod netns;
 pub mod ovs;
+pub mod pki;
 pub mod runtime;
 
 pub use host::{Container, Host};
