@@ -831,6 +831,24 @@ impl<'a, S: Store> Allocator<'a, S> {
         Ok(())
     }
 
+    /// Every claimed block of the network and its node, for `weftctl ips`.
+    pub fn blocks(&mut self) -> Result<Vec<(IpNet, String)>> {
+        let all = self
+            .store
+            .read(&[Read::prefix(&self.keys.blocks())])
+            .map_err(store_err)?;
+        Ok(all[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    parse_block_key(&kv.key)?,
+                    String::from_utf8_lossy(&kv.value).to_string(),
+                ))
+            })
+            .collect())
+    }
+
     /// Every reservation of the network, for `weftctl ips`.
     pub fn list(&mut self) -> Result<Vec<(IpAddr, Holder)>> {
         let all = self

@@ -120,6 +120,46 @@ fn full_cycle_through_weft_on_two_hosts() {
     let held = reservations(&etcd, &fabric, "shared");
     assert_eq!(held.len(), 3, "{held:?} vs {ips:?}");
 
+    // weftctl shows the same, from host a, over the underlay.
+    let conf_file = a.dir.path.join("shared.conflist");
+    std::fs::write(&conf_file, net_a.conflist.to_string()).unwrap();
+    let weftctl = plugin_bin("weftctl").unwrap();
+    let out = a
+        .netns
+        .ok(&[
+            &weftctl.to_string_lossy(),
+            "ips",
+            "--conf",
+            &conf_file.to_string_lossy(),
+            "--json",
+        ])
+        .unwrap();
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let rows = listed["allocations"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{listed}");
+    for (c, node) in [(&cs[0], "ipa"), (&cs[1], "ipa"), (&cs[2], "ipb")] {
+        assert!(
+            rows.iter().any(|r| r["containerID"] == c.id.as_str()
+                && r["node"] == node
+                && r["ifname"] == "eth0"),
+            "{listed}"
+        );
+    }
+    assert!(!listed["blocks"].as_array().unwrap().is_empty());
+    let table = a
+        .netns
+        .ok(&[
+            &weftctl.to_string_lossy(),
+            "ips",
+            "--conf",
+            &conf_file.to_string_lossy(),
+        ])
+        .unwrap();
+    assert!(
+        table.contains("ADDRESS") && table.contains(&cs[2].id),
+        "{table}"
+    );
+
     let again = net_a.add(&a, &cs[0], "eth0", &Attach::default()).unwrap();
     // A second ADD of the same attachment fails in weft (its veth exists) but
     // must not take a second address.
