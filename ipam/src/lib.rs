@@ -8,3 +8,4 @@ pub mod config;
 pub mod etcd;
 pub mod space;
 pub mod store;
+mod upkeep;

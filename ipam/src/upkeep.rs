@@ -1,0 +1,217 @@
+//! The allocator's upkeep: DEL, GC, CHECK, STATUS and listings. The
+//! reservation path is in `alloc.rs`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use weft_cni::error::{self, Error, Result};
+
+use crate::alloc::{
+    addr_of_ip_key, parse_block_key, store_err, Allocator, Holder, OwnerRecord, MAX_ATTEMPTS,
+    RESERVATION_MISMATCH,
+};
+use crate::store::{Compare, Kv, Read, Store, Write};
+
+impl<S: Store> Allocator<'_, S> {
+    /// DEL: releases the attachment's addresses; missing is success.
+    pub fn del(&mut self, cid: &str, ifname: &str) -> Result<bool> {
+        let owner_key = self.keys.owner(cid, ifname);
+        for _ in 0..MAX_ATTEMPTS {
+            let r = self
+                .store
+                .read(&[Read::Key(owner_key.clone())])
+                .map_err(store_err)?;
+            let Some(kv) = r[0].kvs.first() else {
+                return Ok(false);
+            };
+            if self.release(kv)? {
+                return Ok(true);
+            }
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            "owner record kept changing during DEL",
+        ))
+    }
+
+    /// Deletes an owner record and its addresses if it is unchanged.
+    fn release(&mut self, owner: &Kv) -> Result<bool> {
+        let rec: OwnerRecord = serde_json::from_slice(&owner.value).map_err(|e| {
+            Error::unexpected(format!("corrupt owner record at {}", owner.key)).with_details(e)
+        })?;
+        let mut writes = vec![Write::Delete(owner.key.clone())];
+        writes.extend(rec.ips.iter().map(|ip| Write::Delete(self.keys.ip(*ip))));
+        let r = self
+            .store
+            .txn(
+                &[Compare::ModRevision(owner.key.clone(), owner.mod_revision)],
+                &writes,
+                &[],
+            )
+            .map_err(store_err)?;
+        Ok(r.succeeded)
+    }
+
+    /// GC: releases this node's reservations whose attachment is not in `valid`.
+    pub fn gc(&mut self, valid: &[(String, String)]) -> Result<usize> {
+        let keep: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|(c, i)| (c.as_str(), i.as_str()))
+            .collect();
+        let owners_prefix = self.keys.owners();
+        let all = self
+            .store
+            .read(&[Read::prefix(&owners_prefix), Read::prefix(&self.keys.ips())])
+            .map_err(store_err)?;
+        let mut released = 0;
+        let mut owned_ips: HashSet<IpAddr> = HashSet::new();
+        for kv in &all[0].kvs {
+            let Ok(rec) = serde_json::from_slice::<OwnerRecord>(&kv.value) else {
+                continue;
+            };
+            let attachment = kv
+                .key
+                .strip_prefix(&owners_prefix)
+                .and_then(|t| t.split_once('/'));
+            if rec.node == self.cfg.node && attachment.is_some_and(|a| !keep.contains(&a)) {
+                if self.release(kv)? {
+                    released += 1;
+                }
+            } else {
+                owned_ips.extend(rec.ips);
+            }
+        }
+        // Reservations without an owner record cannot come from our
+        // transactions; clear any of this node's all the same.
+        for kv in &all[1].kvs {
+            let (Some(ip), Ok(h)) = (
+                addr_of_ip_key(&kv.key),
+                serde_json::from_slice::<Holder>(&kv.value),
+            ) else {
+                continue;
+            };
+            if h.node == self.cfg.node
+                && !owned_ips.contains(&ip)
+                && !keep.contains(&(h.container_id.as_str(), h.ifname.as_str()))
+            {
+                let r = self.store.txn(
+                    &[Compare::ValueIs(kv.key.clone(), kv.value.clone())],
+                    &[Write::Delete(kv.key.clone())],
+                    &[],
+                );
+                if r.map_err(store_err)?.succeeded {
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// CHECK: `ips` must all be reserved for this attachment.
+    pub fn check(&mut self, cid: &str, ifname: &str, ips: &[IpAddr]) -> Result<()> {
+        let mut reads = vec![Read::Key(self.keys.owner(cid, ifname))];
+        reads.extend(ips.iter().map(|ip| Read::Key(self.keys.ip(*ip))));
+        let r = self.store.read(&reads).map_err(store_err)?;
+        if r[0].kvs.is_empty() {
+            return Err(Error::new(
+                RESERVATION_MISMATCH,
+                format!("no reservation for container {cid} ifname {ifname}"),
+            ));
+        }
+        for (ip, rr) in ips.iter().zip(&r[1..]) {
+            let holder = rr
+                .kvs
+                .first()
+                .and_then(|kv| serde_json::from_slice::<Holder>(&kv.value).ok());
+            match holder {
+                Some(h) if h.container_id == cid && h.ifname == ifname => {}
+                Some(h) => {
+                    return Err(Error::new(
+                        RESERVATION_MISMATCH,
+                        format!(
+                            "{ip} is held by container {} ifname {}",
+                            h.container_id, h.ifname
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::new(
+                        RESERVATION_MISMATCH,
+                        format!("{ip} is not reserved"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// STATUS: reachable, and every range set has an address left.
+    pub fn status(&mut self) -> Result<()> {
+        let mut reads = Vec::new();
+        for set in &self.cfg.range_sets {
+            for r in set {
+                reads.push(Read::Count {
+                    start: self.keys.ip(r.start),
+                    end: format!("{}\0", self.keys.ip(r.end)),
+                });
+            }
+        }
+        let counts = self.store.read(&reads).map_err(|e| {
+            Error::new(
+                error::NOT_AVAILABLE,
+                format!("etcd is unavailable: {}", e.msg),
+            )
+        })?;
+        let mut counts = counts.iter().map(|c| c.count as u128);
+        for (i, set) in self.cfg.range_sets.iter().enumerate() {
+            let mut any_free = false;
+            for r in set {
+                let used = counts.next().unwrap_or(0);
+                if r.usable_count(&self.cfg.exclude) > used {
+                    any_free = true;
+                }
+            }
+            if !any_free {
+                return Err(Error::new(error::NOT_AVAILABLE, self.exhausted(i).msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every claimed block of the network and its node, for `weftctl ips`.
+    pub fn blocks(&mut self) -> Result<Vec<(IpNet, String)>> {
+        let all = self
+            .store
+            .read(&[Read::prefix(&self.keys.blocks())])
+            .map_err(store_err)?;
+        Ok(all[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    parse_block_key(&kv.key)?,
+                    String::from_utf8_lossy(&kv.value).to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Every reservation of the network, for `weftctl ips`.
+    pub fn list(&mut self) -> Result<Vec<(IpAddr, Holder)>> {
+        let all = self
+            .store
+            .read(&[Read::prefix(&self.keys.ips())])
+            .map_err(store_err)?;
+        Ok(all[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    addr_of_ip_key(&kv.key)?,
+                    serde_json::from_slice::<Holder>(&kv.value).ok()?,
+                ))
+            })
+            .collect())
+    }
+}
