@@ -340,6 +340,11 @@ fn etcd_down_is_code_11_in_time_and_reserves_nothing() {
     assert!(took < Duration::from_millis(3000), "took {took:?}");
     let (doc, ok, _) = run("DEL", "kept");
     assert!(!ok && doc["code"] == 11, "DEL while etcd is down: {doc}");
+    let out = ipam_cmd(&fabric.netns, "STATUS", "", &conf)
+        .wait_with_output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(doc["code"], 50, "STATUS while etcd is down: {doc}");
 
     etcd.start_member(&fabric.netns, 0).unwrap();
     etcd.wait_serving(0).unwrap();
@@ -510,4 +515,51 @@ fn leader_killed_during_concurrent_adds() {
             "{ip} was granted but is not reserved"
         );
     }
+}
+
+/// Static addresses reach weft-ipam through weft both ways runtimes send
+/// them: podman's CNI_ARGS IP= and kubelet-style runtimeConfig ips.
+#[test]
+fn static_addresses_through_weft() {
+    require_root();
+    let fabric = Fabric::new("stat").unwrap();
+    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let h = Host::new("sth").unwrap();
+    fabric.attach(&h.netns).unwrap();
+    let mut net = weft_ipam_network(&h, "static", "1.1.0", "10.104.0.0/24", &etcd.endpoints());
+    net.conflist["plugins"][0]["capabilities"] = json!({"ips": true});
+
+    let podman = Container::new("sp").unwrap();
+    let args = Attach {
+        args: Some("IgnoreUnknown=1;IP=10.104.0.77"),
+        ..Default::default()
+    };
+    let r = net.add(&h, &podman, "eth0", &args).unwrap().unwrap();
+    assert_eq!(r["ips"][0]["address"], "10.104.0.77/24");
+
+    let kube = Container::new("sk").unwrap();
+    let rc = Attach {
+        runtime_config: Some(json!({"ips": ["10.104.0.78/24"]})),
+        ..Default::default()
+    };
+    let r2 = net.add(&h, &kube, "eth0", &rc).unwrap().unwrap();
+    assert_eq!(r2["ips"][0]["address"], "10.104.0.78/24");
+    assert!(podman.netns.ping("10.104.0.78"));
+
+    // Someone else asking for a held address is told who holds it, and weft
+    // leaves nothing behind.
+    let late = Container::new("sl").unwrap();
+    let taken = Attach {
+        args: Some("IgnoreUnknown=1;IP=10.104.0.77"),
+        ..Default::default()
+    };
+    let err = net.add(&h, &late, "eth0", &taken).unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(110), "{}", err.stdout);
+    assert!(
+        err.stdout.contains(&podman.id),
+        "the error names the holder: {}",
+        err.stdout
+    );
+    assert_eq!(h.weft_links().unwrap().len(), 2);
+    assert_eq!(reservations(&etcd, &fabric, "static").len(), 2);
 }
