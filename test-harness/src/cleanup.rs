@@ -163,8 +163,10 @@ pub fn sweep_stale() {
             }
         }
     }
-    let tmp = std::env::temp_dir();
-    if let Ok(entries) = std::fs::read_dir(&tmp) {
+    for base in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             let Some(owner) = n

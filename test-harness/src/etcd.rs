@@ -42,7 +42,7 @@ pub struct ServerTls {
 impl Etcd {
     /// Starts `n` members in `fabric`'s namespace and waits until they serve.
     pub fn start(fabric: &Netns, n: usize, tls: Option<&ServerTls>) -> Result<Self> {
-        let dir = ScratchDir::new("etcd")?;
+        let dir = ScratchDir::in_memory("etcd")?;
         // Each fabric is a namespace of its own, so fixed ports never clash.
         let scheme = if tls.is_some() { "https" } else { "http" };
         let peers: Vec<(String, String)> = (0..n)

@@ -16,9 +16,24 @@ pub struct ScratchDir {
 
 impl ScratchDir {
     pub fn new(label: &str) -> Result<Self> {
+        Self::new_in(&std::env::temp_dir(), label)
+    }
+
+    /// In memory (/dev/shm) where there is one: for etcd, whose fsyncs on a
+    /// busy VM disk stall for seconds and turn tests into disk benchmarks.
+    pub fn in_memory(label: &str) -> Result<Self> {
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            Self::new_in(shm, label)
+        } else {
+            Self::new(label)
+        }
+    }
+
+    fn new_in(base: &Path, label: &str) -> Result<Self> {
         let path = tempfile::Builder::new()
             .prefix(&format!("weft-harness-{}-{label}-", std::process::id()))
-            .tempdir()
+            .tempdir_in(base)
             .context("creating scratch dir")?
             .keep();
         Ok(ScratchDir {

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod etcd;
 pub mod fabric;
 pub mod host;
+pub mod ipamtest;
 pub mod netns;
 pub mod ovs;
 pub mod pki;

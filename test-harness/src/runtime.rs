@@ -450,3 +450,40 @@ pub fn weft_ipam_conf(host: &Host, subnet: &str, endpoints: &[String]) -> Value 
     json!({"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
            "nodeName": host.label, "dataDir": host.ipam_dir(), "etcd": {"endpoints": endpoints, "timeoutMs": 1000}})
 }
+
+/// Starts weft-ipam in `ns` as weft would (its own netns as CNI_NETNS) and
+/// returns at once, so tests can run many side by side.
+pub fn spawn_ipam(
+    ns: &Netns,
+    command: &str,
+    container_id: &str,
+    config: &Value,
+) -> Result<std::process::Child> {
+    let mut child = ns
+        .command(&plugin_bin("weft-ipam")?.to_string_lossy())?
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting weft-ipam")?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(config.to_string().as_bytes())?;
+    }
+    Ok(child)
+}
+
+/// The address in a weft-ipam reservation key (`.../ips/4-0a000005`).
+pub fn addr_of_key(key: &str) -> Option<std::net::IpAddr> {
+    let (family, hex) = key.rsplit('/').next()?.split_once('-')?;
+    let v = u128::from_str_radix(hex, 16).ok()?;
+    Some(match family {
+        "4" => std::net::IpAddr::V4(std::net::Ipv4Addr::from(v as u32)),
+        _ => std::net::IpAddr::V6(std::net::Ipv6Addr::from(v)),
+    })
+}

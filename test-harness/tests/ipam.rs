@@ -3,89 +3,26 @@
 //! simulated underlay.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weft_harness::etcd::Etcd;
 use weft_harness::fabric::Fabric;
-use weft_harness::runtime::{first_address, plugin_bin, weft_ipam_network};
+use weft_harness::ipamtest::{decode_b64, ipam_cmd, ipam_conf, outcomes, owners, reservations};
+use weft_harness::runtime::{addr_of_key, first_address, plugin_bin, weft_ipam_network};
 use weft_harness::{require_root, Attach, Container, Host};
 
-/// Reservations of `network` in etcd: (address key, holder JSON).
-fn reservations(etcd: &Etcd, fabric: &Fabric, network: &str) -> Vec<(String, Value)> {
-    let out = etcd
-        .ctl(
-            &fabric.netns,
-            &[
-                "get",
-                "--prefix",
-                &format!("/weft/v1/ipam/{network}/ips/"),
-                "-w",
-                "json",
-            ],
-        )
-        .unwrap();
-    let doc: Value = serde_json::from_str(&out).unwrap();
-    let b64 = |v: &Value| {
-        String::from_utf8(decode_b64(v.as_str().unwrap_or_default())).unwrap_or_default()
-    };
-    doc["kvs"]
-        .as_array()
-        .map(|kvs| {
-            kvs.iter()
-                .map(|kv| {
-                    (
-                        b64(&kv["key"]),
-                        serde_json::from_str(&b64(&kv["value"])).unwrap_or(Value::Null),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn owners(etcd: &Etcd, fabric: &Fabric, network: &str) -> usize {
-    let out = etcd
-        .ctl(
-            &fabric.netns,
-            &[
-                "get",
-                "--prefix",
-                &format!("/weft/v1/ipam/{network}/owners/"),
-                "--keys-only",
-                "-w",
-                "json",
-            ],
-        )
-        .unwrap();
-    serde_json::from_str::<Value>(&out).unwrap()["count"]
-        .as_u64()
-        .unwrap_or(0) as usize
-}
-
-fn decode_b64(s: &str) -> Vec<u8> {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut buf, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let Some(v) = ABC.iter().position(|x| *x == c) else {
-            continue;
-        };
-        buf = (buf << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    out
+/// These tests start hundreds of plugin processes and measure timeouts; run
+/// side by side on a small machine they would mostly measure each other.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[test]
 fn full_cycle_through_weft_on_two_hosts() {
     require_root();
+    let _serial = serial();
     let fabric = Fabric::new("ipc").unwrap();
     let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
     let a = Host::new("ipa").unwrap();
@@ -185,117 +122,10 @@ fn full_cycle_through_weft_on_two_hosts() {
     );
 }
 
-/// Runs weft-ipam directly, as weft would, inside `ns`.
-fn ipam_cmd(
-    ns: &weft_harness::netns::Netns,
-    cmd: &str,
-    cid: &str,
-    conf: &Value,
-) -> std::process::Child {
-    let mut child = ns
-        .command(&plugin_bin("weft-ipam").unwrap().to_string_lossy())
-        .unwrap()
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    child
-}
-
-fn ipam_conf(
-    network: &str,
-    subnet: &str,
-    node: &str,
-    endpoints: &[String],
-    dir: &std::path::Path,
-) -> Value {
-    json!({"cniVersion": "1.1.0", "name": network, "type": "weft-ipam",
-           "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "nodeName": node,
-                    "dataDir": dir, "etcd": {"endpoints": endpoints, "timeoutMs": 2000}}})
-}
-
-#[test]
-fn eight_nodes_times_hundred_concurrent_adds_never_duplicate() {
-    require_root();
-    let fabric = Fabric::new("race").unwrap();
-    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
-    let dir = &etcd.dir.path;
-    let mut running = Vec::new();
-    for node in 0..8 {
-        let conf = ipam_conf(
-            "race",
-            "10.100.0.0/22",
-            &format!("n{node}"),
-            &etcd.endpoints(),
-            dir,
-        );
-        for c in 0..100 {
-            running.push(ipam_cmd(
-                &fabric.netns,
-                "ADD",
-                &format!("n{node}-c{c}"),
-                &conf,
-            ));
-        }
-    }
-    let mut granted = Vec::new();
-    let mut codes = Vec::new();
-    for child in running {
-        let out = child.wait_with_output().unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&out.stdout)));
-        if out.status.success() {
-            granted.push(doc["ips"][0]["address"].as_str().unwrap().to_string());
-        } else {
-            codes.push(
-                doc["code"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("error without code: {doc}")),
-            );
-        }
-    }
-    let unique: HashSet<&String> = granted.iter().collect();
-    assert_eq!(
-        unique.len(),
-        granted.len(),
-        "an address was handed out twice"
-    );
-    let held = reservations(&etcd, &fabric, "race");
-    assert_eq!(
-        held.len(),
-        granted.len(),
-        "etcd holds exactly what was granted"
-    );
-    assert_eq!(owners(&etcd, &fabric, "race"), granted.len());
-    eprintln!(
-        "granted {}, refused {} with codes {:?}",
-        granted.len(),
-        codes.len(),
-        codes.iter().collect::<HashSet<_>>()
-    );
-    assert!(
-        granted.len() >= 790,
-        "a /22 has room for all 800; got {}",
-        granted.len()
-    );
-}
-
 #[test]
 fn etcd_down_is_code_11_in_time_and_reserves_nothing() {
     require_root();
+    let _serial = serial();
     let fabric = Fabric::new("down").unwrap();
     let mut etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
     let dir = etcd.dir.path.clone();
@@ -370,8 +200,7 @@ fn etcd_down_is_code_11_in_time_and_reserves_nothing() {
     if let Some((key, _)) = held.iter().find(|(_, h)| h["containerID"] == "frozen") {
         let (doc, ok, _) = run("ADD", "frozen");
         assert!(ok, "{doc}");
-        let hex = key.rsplit('-').next().unwrap();
-        let ip = std::net::Ipv4Addr::from(u32::from_str_radix(hex, 16).unwrap()).to_string();
+        let ip = addr_of_key(key).unwrap().to_string();
         assert_eq!(
             doc["ips"][0]["address"].as_str().unwrap().split('/').next(),
             Some(ip.as_str()),
@@ -420,6 +249,7 @@ fn leader(etcd: &Etcd, fabric: &Fabric) -> usize {
 #[test]
 fn leader_killed_during_concurrent_adds() {
     require_root();
+    let _serial = serial();
     let fabric = Fabric::new("fail").unwrap();
     let mut etcd = Etcd::start(&fabric.netns, 3, None).unwrap();
     let dir = etcd.dir.path.clone();
@@ -448,29 +278,7 @@ fn leader_killed_during_concurrent_adds() {
     let killed = leader(&etcd, &fabric);
     etcd.kill_member(killed);
 
-    let mut granted = Vec::new();
-    let mut codes = Vec::new();
-    for child in running {
-        let out = child.wait_with_output().unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&out.stdout)));
-        if out.status.success() {
-            granted.push(
-                doc["ips"][0]["address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string(),
-            );
-        } else {
-            codes.push(doc["code"].as_u64().unwrap_or(0));
-            if doc["code"] != 11 || codes.len() == 1 {
-                eprintln!("first/odd failure: {doc}");
-            }
-        }
-    }
+    let (granted, codes) = outcomes(running);
     eprintln!(
         "killed member {killed}; granted {}, code 11 for {}",
         granted.len(),
@@ -522,10 +330,7 @@ fn leader_killed_during_concurrent_adds() {
         .collect();
     let held_ips: HashSet<String> = held
         .iter()
-        .map(|(k, _)| {
-            let hex = k.rsplit('-').next().unwrap();
-            std::net::Ipv4Addr::from(u32::from_str_radix(hex, 16).unwrap()).to_string()
-        })
+        .map(|(k, _)| addr_of_key(k).unwrap().to_string())
         .collect();
     assert_eq!(
         held_ips, owner_ips,
@@ -544,6 +349,7 @@ fn leader_killed_during_concurrent_adds() {
 #[test]
 fn static_addresses_through_weft() {
     require_root();
+    let _serial = serial();
     let fabric = Fabric::new("stat").unwrap();
     let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
     let h = Host::new("sth").unwrap();

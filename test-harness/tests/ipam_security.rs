@@ -2,9 +2,7 @@
 //! weft-ipam's etcd security: TLS with client certificates, and users with a
 //! password read from a file that only its owner can read.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 
 use serde_json::{json, Value};
 use weft_harness::etcd::{Etcd, ServerTls};
@@ -12,31 +10,13 @@ use weft_harness::fabric::{Fabric, FABRIC_IP};
 use weft_harness::host::ScratchDir;
 use weft_harness::pki::Pki;
 use weft_harness::require_root;
-use weft_harness::runtime::plugin_bin;
+use weft_harness::runtime::spawn_ipam;
 
 fn ipam(fabric: &Fabric, cmd: &str, cid: &str, conf: &Value) -> (bool, Value) {
-    let mut child = fabric
-        .netns
-        .command(&plugin_bin("weft-ipam").unwrap().to_string_lossy())
+    let out = spawn_ipam(&fabric.netns, cmd, cid, conf)
         .unwrap()
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+        .wait_with_output()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
