@@ -187,15 +187,25 @@ fn parse_block(v: Option<&Value>, field: &str, default: u8, max: u8) -> Result<u
     }
 }
 
-fn parse_etcd(v: Option<&Value>) -> Result<Etcd> {
+/// The `etcd` object, shared by weft-ipam (`ipam.etcd`) and weft (`etcd`);
+/// `prefix` is where it sits, so errors name the field as the user wrote it.
+pub fn parse_etcd(v: Option<&Value>, prefix: &str) -> Result<Etcd> {
+    let bad = |field: &str, why: String| Error::config(format!("{prefix}{field} {why}"));
+    let opt_str = |v: &Value, key: &str, field: &str| -> Result<Option<String>> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(field, "must be a string".into())),
+        }
+    };
     let v = v
         .filter(|v| v.is_object())
-        .ok_or_else(|| bad("etcd", "is required (at least etcd.endpoints)"))?;
+        .ok_or_else(|| bad("etcd", "is required (at least etcd.endpoints)".into()))?;
     let endpoints: Vec<String> = v
         .get("endpoints")
         .and_then(Value::as_array)
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| bad("etcd.endpoints", "must be a non-empty list of URLs"))?
+        .ok_or_else(|| bad("etcd.endpoints", "must be a non-empty list of URLs".into()))?
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -229,18 +239,21 @@ fn parse_etcd(v: Option<&Value>) -> Result<Etcd> {
                 key: path(t, "key", "etcd.tls.key")?,
             };
             if tls.cert.is_some() != tls.key.is_some() {
-                return Err(bad("etcd.tls", "needs both cert and key, or neither"));
+                return Err(bad(
+                    "etcd.tls",
+                    "needs both cert and key, or neither".into(),
+                ));
             }
             Some(tls)
         }
-        Some(_) => return Err(bad("etcd.tls", "must be an object")),
+        Some(_) => return Err(bad("etcd.tls", "must be an object".into())),
     };
-    let username = opt_str(v, "username", "etcd.username")?.map(String::from);
+    let username = opt_str(v, "username", "etcd.username")?;
     let password_file = path(v, "passwordFile", "etcd.passwordFile")?;
     if username.is_some() != password_file.is_some() {
         return Err(bad(
             "etcd",
-            "needs both username and passwordFile, or neither",
+            "needs both username and passwordFile, or neither".into(),
         ));
     }
     Ok(Etcd {
@@ -315,7 +328,7 @@ impl IpamConfig {
                 format!("{node:?} must hold only letters, digits, '_', '.' and '-'"),
             ));
         }
-        let etcd = parse_etcd(ipam.get("etcd"))?;
+        let etcd = parse_etcd(ipam.get("etcd"), "ipam.")?;
         let data_dir =
             PathBuf::from(opt_str(ipam, "dataDir", "dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
         Ok(IpamConfig {

@@ -26,6 +26,7 @@ pub struct EtcdStore {
     slice: Duration,
     hint: String,
     trips: u64,
+    timeout: Duration,
 }
 
 /// Reads the password file, refusing one that group or others can read: a
@@ -182,7 +183,24 @@ impl EtcdStore {
             slice,
             hint: hint(cfg),
             trips: 0,
+            timeout,
         })
+    }
+
+    /// A fresh `timeoutMs` budget, for long-running callers (the agent) that
+    /// make one bounded call after another.
+    pub fn renew(&mut self) {
+        self.deadline = tokio::time::Instant::now() + self.timeout;
+    }
+
+    /// The client, for what the [`Store`] trait does not cover (leases,
+    /// watches); drive its futures with [`EtcdStore::block_on`].
+    pub fn client(&self) -> etcd_client::Client {
+        self.client.clone()
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
     }
 
     /// One transaction; a broken connection or a leaderless moment is retried

@@ -37,7 +37,22 @@ fn setup(ctx: &Context) -> Result<(IpamConfig, EtcdStore)> {
         .or(raw.get("logLevel"))
         .and_then(|v| v.as_str());
     weft_cni::logging::init(log_file.as_deref(), log_level);
-    let cfg = IpamConfig::parse(&ctx.conf.name, ipam, &hostname())?;
+    // Under weft, the network's own `etcd` and `node.name` serve IPAM too,
+    // so a conflist says where etcd is once.
+    let mut ipam = ipam.clone();
+    if let Some(obj) = ipam.as_object_mut() {
+        if !obj.contains_key("etcd") {
+            if let Some(etcd) = raw.get("etcd") {
+                obj.insert("etcd".into(), etcd.clone());
+            }
+        }
+        if !obj.contains_key("nodeName") {
+            if let Some(name) = raw.get("node").and_then(|n| n.get("name")) {
+                obj.insert("nodeName".into(), name.clone());
+            }
+        }
+    }
+    let cfg = IpamConfig::parse(&ctx.conf.name, &ipam, &hostname())?;
     let started = std::time::Instant::now();
     let store = EtcdStore::connect(&cfg.etcd)?;
     tracing::debug!(

@@ -45,6 +45,10 @@ impl Fabric {
         ])?;
         self.netns
             .ok(&["ip", "link", "set", &outer, "master", "fab0", "up"])?;
+        // Complete checksums toward the host: a host whose underlay is in
+        // OVS's userspace datapath cannot fill them in (as with real NICs
+        // feeding a DPDK host, which compute them in hardware).
+        self.netns.ok(&["ethtool", "-K", &outer, "tx", "off"])?;
         ns.ok(&["ip", "addr", "add", &format!("{ip}/{PREFIX}"), "dev", inner])?;
         ns.ok(&["ip", "link", "set", inner, "up"])?;
         Ok(ip)

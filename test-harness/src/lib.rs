@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod cluster;
 pub mod demo;
 pub mod etcd;
 pub mod fabric;
@@ -14,6 +15,7 @@ pub mod ipamtest;
 pub mod netns;
 pub mod ovs;
 pub mod pki;
+pub mod rawsock;
 pub mod runtime;
 
 pub use host::{Container, Host};

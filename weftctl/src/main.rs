@@ -1,107 +1,88 @@
-//! `weftctl`: weft's admin CLI. So far `ips`: a network's blocks and
-//! allocations as etcd holds them.
+//! `weftctl`: weft's admin CLI, and `weftctl agent`, the optional host
+//! daemon that keeps tunnels in step with the registry.
 
-#![allow(clippy::print_stdout)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
+
+mod agent;
+mod conf;
+mod doctor;
+mod inspect;
+mod table;
+mod upkeep;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use weft_ipam::alloc::Allocator;
-use weft_ipam::config::IpamConfig;
-use weft_ipam::etcd::EtcdStore;
 
 #[derive(Parser)]
-#[command(about = "weft's admin CLI")]
+#[command(about = "weft's admin CLI and host agent")]
 struct Cli {
+    /// The weft conflist this host's runtime uses; etcd, OVS and the bridge
+    /// are read from it.
+    #[arg(long, global = true, default_value = "/etc/cni/net.d/10-weft.conflist")]
+    conf: PathBuf,
+    /// JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Lists a network's blocks and allocations: address, node, container, ifname.
-    Ips {
-        /// The network's conflist (its weft-ipam section says where etcd is).
-        #[arg(long, default_value = "/etc/cni/net.d/10-weft.conflist")]
-        conf: PathBuf,
-        /// JSON instead of tables.
+    /// Hosts in the registry: underlay address, whether an agent holds them, networks.
+    Nodes,
+    /// Networks in the registry: VNI, tunnel type, hosts with containers.
+    Networks,
+    /// A network's address blocks and allocations (default: the conflist's network).
+    Ips { network: Option<String> },
+    /// This host's tunnel ports.
+    Tunnels,
+    /// Collects ports of vanished containers here, and addresses of hosts that left.
+    Gc,
+    /// Checks OVS, etcd, the datapath, MTU, registration and tunnels; says what to fix.
+    Doctor,
+    /// Removes everything weft made on this host, and its registration.
+    Cleanup {
+        /// Keep this host's registration, memberships and addresses in etcd.
         #[arg(long)]
-        json: bool,
+        keep_registration: bool,
+    },
+    /// Keeps this host registered (with a lease) and its tunnels in step; runs until stopped.
+    Agent {
+        /// Lease TTL in seconds: how long peers keep tunnels to a host that died.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=300))]
+        ttl: i64,
     },
 }
 
-/// The network name and the weft-ipam config of a conflist (or single config).
-fn ipam_section(conf: &Value) -> Result<(String, Value)> {
-    let name = conf["name"]
-        .as_str()
-        .context("config has no name")?
-        .to_string();
-    let plugins = conf["plugins"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| vec![conf.clone()]);
-    let ipam = plugins
-        .iter()
-        .map(|p| &p["ipam"])
-        .find(|i| i["type"] == "weft-ipam")
-        .cloned()
-        .context("no plugin in this config uses weft-ipam")?;
-    Ok((name, ipam))
-}
-
-fn ips(conf: &PathBuf, as_json: bool) -> Result<()> {
-    let raw: Value = serde_json::from_slice(
-        &std::fs::read(conf).with_context(|| format!("reading {}", conf.display()))?,
-    )?;
-    let (network, ipam) = ipam_section(&raw)?;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let cfg = IpamConfig::parse(&network, &ipam, hostname.trim())
-        .map_err(|e| anyhow::anyhow!("{}", e.msg))?;
-    let mut store = EtcdStore::connect(&cfg.etcd).map_err(|e| anyhow::anyhow!("{}", e.msg))?;
-    let mut alloc = Allocator::new(&cfg, &mut store);
-    let mut blocks = alloc.blocks().map_err(|e| anyhow::anyhow!("{}", e.msg))?;
-    let mut held = alloc.list().map_err(|e| anyhow::anyhow!("{}", e.msg))?;
-    blocks.sort();
-    held.sort_by_key(|(ip, _)| *ip);
-    if as_json {
-        let doc = json!({
-            "network": network,
-            "blocks": blocks.iter().map(|(b, n)| json!({"block": b, "node": n})).collect::<Vec<_>>(),
-            "allocations": held.iter().map(|(ip, h)| json!({"address": ip, "node": h.node, "containerID": h.container_id, "ifname": h.ifname})).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if matches!(cli.cmd, Cmd::Agent { .. }) {
+        Some("info")
+    } else {
+        Some("warn")
+    };
+    weft_cni::logging::init(None, level);
+    let outcome = conf::load(&cli.conf).and_then(|l| match &cli.cmd {
+        Cmd::Nodes => inspect::nodes(&l, cli.json).map(|_| true),
+        Cmd::Networks => inspect::networks(&l, cli.json).map(|_| true),
+        Cmd::Ips { network } => inspect::ips(&l, network.as_deref(), cli.json).map(|_| true),
+        Cmd::Tunnels => inspect::tunnels(&l, cli.json).map(|_| true),
+        Cmd::Gc => upkeep::gc(&l, cli.json).map(|_| true),
+        Cmd::Doctor => doctor::run(&l, cli.json),
+        Cmd::Cleanup { keep_registration } => {
+            upkeep::cleanup(&l, *keep_registration, cli.json).map(|_| true)
+        }
+        Cmd::Agent { ttl } => agent::run(&l, *ttl).map(|_| true),
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::from(2)
+        }
     }
-    println!(
-        "network {network}: {} blocks, {} addresses in use\n",
-        blocks.len(),
-        held.len()
-    );
-    println!("{:<28} NODE", "BLOCK");
-    for (b, n) in &blocks {
-        println!("{:<28} {n}", b.to_string());
-    }
-    println!(
-        "\n{:<28} {:<16} {:<40} IFNAME",
-        "ADDRESS", "NODE", "CONTAINER"
-    );
-    for (ip, h) in &held {
-        println!(
-            "{:<28} {:<16} {:<40} {}",
-            ip.to_string(),
-            h.node,
-            h.container_id,
-            h.ifname
-        );
-    }
-    Ok(())
-}
-
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
-        Cmd::Ips { conf, json } => ips(&conf, json),
-    }
-    .or_else(|e| bail!("weftctl: {e:#}"))
 }

@@ -35,6 +35,9 @@ pub const NETNS_FAILURE: u32 = 105;
 pub const CHECK_MISMATCH: u32 = 106;
 /// A delegated plugin crashed or printed something that is not CNI JSON.
 pub const DELEGATE_FAILURE: u32 = 107;
+/// The network's gateway (its address, or the nftables rules for NAT and
+/// isolation) could not be set up on the host.
+pub const GATEWAY_FAILURE: u32 = 108;
 /// Something we did not expect; the message says what.
 pub const UNEXPECTED: u32 = 999;
 

@@ -36,21 +36,100 @@ pub fn create_bridge(
 
 /// Index of the select in [`add_port`] whose rows carry the bridge's datapath_type.
 pub const ADD_PORT_BRIDGE_SELECT: usize = 1;
+/// Index of the first of the extra selects [`add_port`] appends.
+pub const ADD_PORT_EXTRA: usize = 5;
 
-/// Adds an ordinary (system) port to an existing bridge. The leading `wait`
-/// fails the whole transaction when the bridge is missing, so the caller can
-/// create it and retry without a separate look-up on the common path.
-pub fn add_port(bridge: &str, port: &str, external_ids: &[(&str, &str)]) -> Vec<Value> {
-    vec![
+/// A port to insert: a system port by default, or an internal or tunnel
+/// interface, as an access port on `tag` when given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: String,
+    /// Interface type: "" (system), "internal", "vxlan", "geneve", "gre".
+    pub kind: String,
+    pub options: Vec<(String, String)>,
+    pub tag: Option<u32>,
+    /// OVS's split horizon: NORMAL never forwards between protected ports.
+    pub protected: bool,
+    pub mac: Option<String>,
+    pub mtu: Option<u32>,
+    pub external_ids: Vec<(String, String)>,
+}
+
+fn pairs(v: &[(String, String)]) -> Value {
+    map(v.iter().map(|(k, x)| (k.as_str(), x.as_str())))
+}
+
+/// The Interface and Port inserts for `spec`, named `i{n}`/`p{n}`.
+fn insert_port(spec: &PortSpec, n: usize) -> [Value; 2] {
+    let mut iface = json!({"name": spec.name});
+    if !spec.kind.is_empty() {
+        iface["type"] = json!(spec.kind);
+    }
+    if !spec.options.is_empty() {
+        iface["options"] = pairs(&spec.options);
+    }
+    if let Some(mac) = &spec.mac {
+        iface["mac"] = json!(mac);
+    }
+    if let Some(mtu) = spec.mtu {
+        iface["mtu_request"] = json!(mtu);
+    }
+    let mut port = json!({"name": spec.name, "interfaces": named(&format!("i{n}")),
+                          "external_ids": pairs(&spec.external_ids)});
+    if let Some(tag) = spec.tag {
+        port["tag"] = json!(tag);
+    }
+    if spec.protected {
+        port["protected"] = json!(true);
+    }
+    [
+        json!({"op": "insert", "table": "Interface", "uuid-name": format!("i{n}"), "row": iface}),
+        json!({"op": "insert", "table": "Port", "uuid-name": format!("p{n}"), "row": port}),
+    ]
+}
+
+/// Adds a port to an existing bridge. The leading `wait` fails the whole
+/// transaction when the bridge is missing, so the caller can create it and
+/// retry without a separate look-up on the common path. `extra` operations
+/// (selects) ride along from index [`ADD_PORT_EXTRA`], saving round trips.
+pub fn add_port(bridge: &str, port: &PortSpec, extra: &[Value]) -> Vec<Value> {
+    let [iface, row] = insert_port(port, 0);
+    let mut ops = vec![
         json!({"op": "wait", "table": "Bridge", "where": [["name", "==", bridge]], "columns": ["name"],
                "until": "==", "rows": [{"name": bridge}], "timeout": 0}),
         json!({"op": "select", "table": "Bridge", "where": [["name", "==", bridge]], "columns": ["datapath_type"]}),
-        json!({"op": "insert", "table": "Interface", "uuid-name": "iface", "row": {"name": port}}),
-        json!({"op": "insert", "table": "Port", "uuid-name": "port",
-               "row": {"name": port, "interfaces": named("iface"), "external_ids": map(external_ids.iter().copied())}}),
+        iface,
+        row,
         json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
-               "mutations": [["ports", "insert", ["set", [named("port")]]]]}),
-    ]
+               "mutations": [["ports", "insert", ["set", [named("p0")]]]]}),
+    ];
+    ops.extend_from_slice(extra);
+    ops
+}
+
+/// Adds several ports to `bridge` and removes others, in one transaction.
+/// Each insert is guarded by a `wait` for its name to be free, so two
+/// processes reconciling at once cannot create the same port twice.
+pub fn change_ports(bridge: &str, add: &[PortSpec], remove: &[String]) -> Vec<Value> {
+    let mut ops = Vec::new();
+    for (n, spec) in add.iter().enumerate() {
+        ops.push(
+            json!({"op": "wait", "table": "Port", "where": [["name", "==", spec.name]],
+                        "columns": ["name"], "until": "==", "rows": [], "timeout": 0}),
+        );
+        ops.extend(insert_port(spec, n));
+    }
+    if !add.is_empty() {
+        let new: Vec<Value> = (0..add.len()).map(|n| named(&format!("p{n}"))).collect();
+        ops.push(
+            json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+                        "mutations": [["ports", "insert", ["set", new]]]}),
+        );
+    }
+    if !remove.is_empty() {
+        ops.extend(remove_ports(remove));
+    }
+    ops
 }
 
 /// Ports whose external_ids include every pair given.
@@ -58,6 +137,15 @@ pub fn find_ports(external_ids: &[(&str, &str)]) -> Vec<Value> {
     vec![json!({"op": "select", "table": "Port",
                 "where": [["external_ids", "includes", map(external_ids.iter().copied())]],
                 "columns": ["_uuid", "name", "external_ids"]})]
+}
+
+/// Every port with external_ids. OVSDB has no "has key" condition, so
+/// callers looking for a key whatever its value filter these.
+pub fn ports_with_ids() -> Vec<Value> {
+    vec![
+        json!({"op": "select", "table": "Port", "where": [["external_ids", "!=", ["map", []]]],
+                "columns": ["_uuid", "name", "external_ids"]}),
+    ]
 }
 
 /// The port named `name`, if any.
@@ -90,6 +178,26 @@ pub fn interface_state(port: &str) -> Vec<Value> {
     ]
 }
 
+/// The type and bridge-facing facts of the interface named `name`.
+pub fn interface_type(name: &str) -> Vec<Value> {
+    vec![
+        json!({"op": "select", "table": "Interface", "where": [["name", "==", name]], "columns": ["type"]}),
+    ]
+}
+
+/// `bridge`, if weft created it.
+pub fn own_bridge(bridge: &str) -> Vec<Value> {
+    vec![json!({"op": "select", "table": "Bridge",
+                "where": [["name", "==", bridge], ["external_ids", "includes", map([("weft.bridge", "true")])]],
+                "columns": ["_uuid"]})]
+}
+
+/// Unhooks a bridge from the root row; OVSDB garbage-collects it and its ports.
+pub fn delete_bridge(uuid: &str) -> Vec<Value> {
+    vec![json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+                "mutations": [["bridges", "delete", ["set", [["uuid", uuid]]]]]})]
+}
+
 /// A no-op that proves the server answers and the schema is the one we know.
 pub fn ping() -> Vec<Value> {
     vec![json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]})]
@@ -101,7 +209,13 @@ mod tests {
 
     #[test]
     fn add_port_guards_on_bridge_and_tags_port() {
-        let ops = add_port("br-weft", "wft0123", &[("weft.network", "blue")]);
+        let spec = PortSpec {
+            name: "wft0123".into(),
+            tag: Some(7),
+            external_ids: vec![("weft.network".into(), "blue".into())],
+            ..Default::default()
+        };
+        let ops = add_port("br-weft", &spec, &[ping()[0].clone()]);
         assert_eq!(ops[0]["op"], "wait");
         assert_eq!(ops[0]["timeout"], 0);
         assert_eq!(ops[ADD_PORT_BRIDGE_SELECT]["op"], "select");
@@ -109,10 +223,35 @@ mod tests {
             ops[3]["row"]["external_ids"],
             json!(["map", [["weft.network", "blue"]]])
         );
+        assert_eq!(ops[3]["row"]["tag"], 7);
         assert_eq!(
             ops[4]["mutations"][0][2],
-            json!(["set", [["named-uuid", "port"]]])
+            json!(["set", [["named-uuid", "p0"]]])
         );
+        assert_eq!(ops[ADD_PORT_EXTRA]["table"], "Open_vSwitch");
+    }
+
+    #[test]
+    fn change_ports_guards_each_name_and_links_all() {
+        let t = |n: &str| PortSpec {
+            name: n.into(),
+            kind: "vxlan".into(),
+            options: vec![("remote_ip".into(), "10.0.0.2".into())],
+            tag: Some(5),
+            protected: true,
+            ..Default::default()
+        };
+        let ops = change_ports("br", &[t("a"), t("b")], &["u1".into()]);
+        assert_eq!(ops[0]["op"], "wait");
+        assert_eq!(ops[0]["rows"], json!([]));
+        assert_eq!(ops[1]["row"]["type"], "vxlan");
+        assert_eq!(ops[2]["row"]["protected"], true);
+        assert_eq!(
+            ops[6]["mutations"][0][2],
+            json!(["set", [["named-uuid", "p0"], ["named-uuid", "p1"]]])
+        );
+        assert_eq!(ops[7]["mutations"][0][1], "delete");
+        assert!(change_ports("br", &[], &[]).is_empty());
     }
 
     #[test]

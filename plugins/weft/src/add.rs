@@ -12,10 +12,15 @@ use weft_cni::result::{CniResult, Interface, IpConfig};
 use weft_cni::skel::Context;
 use weft_cni::Command;
 
+use weft_ovsdb::plan::{self, PortSpec};
+
 use crate::config::{kernel_datapath_available, Config};
 use crate::link::Netlink;
 use crate::names::{self, ids};
-use crate::ovs::Ovs;
+use crate::overlay::gateway::{self, Gateway};
+use crate::overlay::tunnels::ids::TUNNEL_FOR;
+use crate::overlay::{self, underlay};
+use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;
 use crate::{ethtool, netns};
 
@@ -53,18 +58,25 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
             .map_err(|e| e.to_string())
     });
     let nl = Netlink::new()?;
+    let underlay = cfg
+        .overlay
+        .as_ref()
+        .map(|o| underlay::detect(&nl, o))
+        .transpose()?;
+    let mtu = overlay::mtu(cfg, underlay.as_ref());
+    // The registry is asked on a thread while the veth is made.
+    let joining = match (&cfg.overlay, &underlay) {
+        (Some(o), Some(u)) => {
+            let (cfg, o, u) = (cfg.clone(), o.clone(), u.clone());
+            Some(std::thread::spawn(move || overlay::join(&cfg, &o, &u)))
+        }
+        _ => None,
+    };
     let cont = nl.enter(&container_ns)?;
     let ovs = RefCell::new(Ovs::connect(&cfg.ovsdb_socket)?);
     let mut undo = Undo::new();
     phase("ipam started, connected");
-    let created = nl.create_veth(
-        &cont,
-        ifname,
-        &host_name,
-        &host_ns,
-        cfg.mtu,
-        mac.map(|m| m.0),
-    );
+    let created = nl.create_veth(&cont, ifname, &host_name, &host_ns, mtu, mac.map(|m| m.0));
     if let Err(e) = created {
         // Our own host end for this container and ifname exists: this is a
         // repeated ADD of a live attachment, and the address IPAM just
@@ -111,10 +123,33 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     // Up before ovs-vswitchd opens it: with the port opened while its link
     // was still down, traffic sometimes never flowed (1 in ~36 test runs).
     nl.set_up(nl.host(), host_link.index)?;
+    let view = match joining {
+        Some(j) => Some(
+            j.join()
+                .map_err(|_| Error::unexpected("the registry thread panicked"))??,
+        ),
+        None => None,
+    };
+    phase("registry read");
+    let spec = PortSpec {
+        name: host_name.clone(),
+        // The network's VNI is also its VLAN on every host's bridge.
+        tag: view.as_ref().map(|v| v.network.vni),
+        external_ids: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    // The tunnels and the gateway are looked up in the attach transaction,
+    // so reconciling them costs nothing when they are as they should be.
+    let gw_name = names::gateway_port(&cfg.network);
+    let extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
+        .into_iter()
+        .chain(plan::find_port_by_name(&gw_name))
+        .collect();
     // ovs-vswitchd opens the port while we bring the container end up.
-    let attaching = ovs
-        .borrow_mut()
-        .begin_attach(&cfg.bridge, &host_name, &tags);
+    let attaching = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra);
     undo.push("ovs port", || {
         ovs.borrow_mut()
             .detach(&host_name)
@@ -135,10 +170,26 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     phase("both ends up");
 
     let wanted_dp = cfg.datapath.resolve(kernel_datapath_available);
-    let datapath =
+    let (datapath, found) =
         ovs.borrow_mut()
-            .finish_attach(attaching, &cfg.bridge, wanted_dp, &host_name, &tags)?;
+            .finish_attach(attaching, &cfg.bridge, wanted_dp, &spec, &extra)?;
     phase("ovs attached");
+    let null = serde_json::Value::Null;
+    if let Some(view) = &view {
+        let existing = ovs_mod::existing_tunnels(found.first().unwrap_or(&null));
+        overlay::reconcile(
+            &mut ovs.borrow_mut(),
+            &cfg.bridge,
+            &cfg.network,
+            view,
+            &existing,
+        )?;
+        phase("tunnels reconciled");
+    }
+    let gw_exists = found
+        .get(1)
+        .and_then(|r| r["rows"].as_array())
+        .is_some_and(|rows| !rows.is_empty());
     if datapath == "netdev" {
         ethtool::disable_tx_checksum(&cont.ioctl, ifname)?;
     }
@@ -167,7 +218,44 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         nl.add_address(&cont.handle, link.index, ip.address)?;
     }
     phase("addresses set");
-    for route in &ipam.routes {
+    let mut routes = ipam.routes.clone();
+    if cfg.gateway {
+        let g = Gateway {
+            network: &cfg.network,
+            bridge: &cfg.bridge,
+            tag: spec.tag,
+            mtu,
+            ip_masq: cfg.ip_masq,
+        };
+        gateway::ensure(&nl, &mut ovs.borrow_mut(), &g, gw_exists, &ipam.ips)?;
+        phase("gateway ready");
+        // The gateway is the way out, as with the reference bridge plugin's
+        // isDefaultGateway, unless IPAM already routes the default.
+        for ip in &ipam.ips {
+            let v4 = ip.address.addr().is_ipv4();
+            let has_default = routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4);
+            if let (Some(gw), false) = (ip.gateway, has_default) {
+                let any: std::net::IpAddr = if v4 {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                routes.push(weft_cni::result::Route {
+                    dst: ipnet::IpNet::new(any, 0)
+                        .map_err(|e| Error::unexpected("default route").with_details(e))?,
+                    gw: Some(gw),
+                    mtu: None,
+                    advmss: None,
+                    priority: None,
+                    table: None,
+                    scope: None,
+                });
+            }
+        }
+    }
+    for route in &routes {
         // A route without a gateway goes through the gateway of its family, as
         // the reference plugins do; with none, it is on-link.
         let gw = route.gw.or_else(|| {
@@ -190,7 +278,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
             Interface {
                 name: ifname.to_string(),
                 mac: link.mac.clone(),
-                mtu: Some(cfg.mtu),
+                mtu: Some(mtu),
                 sandbox: Some(netns_str.clone()),
             },
         ],
@@ -202,7 +290,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
                 ..ip.clone()
             })
             .collect(),
-        routes: ipam.routes.clone(),
+        routes,
         dns: ipam.dns.clone(),
     };
     undo.commit();

@@ -36,10 +36,11 @@ pub fn check(ctx: &Context, cfg: &Config) -> Result<()> {
     let link = nl
         .link(&cont.handle, ifname)?
         .ok_or_else(|| mismatch(format!("{ifname} is missing from the container")))?;
-    if link.mtu != cfg.mtu {
+    let want_mtu = crate::overlay::effective_mtu(cfg, &nl)?;
+    if link.mtu != want_mtu {
         return Err(mismatch(format!(
-            "{ifname} has MTU {}, config says {}",
-            link.mtu, cfg.mtu
+            "{ifname} has MTU {}, config says {want_mtu}",
+            link.mtu
         )));
     }
     if !link.up {

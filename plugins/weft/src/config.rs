@@ -7,9 +7,12 @@ use weft_cni::config::NetConf;
 use weft_cni::env::valid_ifname;
 use weft_cni::{Error, Result};
 
+use crate::overlay::config::Overlay;
+
 pub const DEFAULT_BRIDGE: &str = "br-weft";
 pub const DEFAULT_OVSDB_SOCKET: &str = "/run/openvswitch/db.sock";
-/// Leaves room for VXLAN over a 1500-byte underlay.
+/// On one host (no `etcd`): leaves room for VXLAN over a 1500-byte link, so
+/// the same containers fit once the network spans hosts.
 pub const DEFAULT_MTU: u32 = 1450;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +47,13 @@ pub struct Config {
     pub bridge: String,
     pub ovsdb_socket: PathBuf,
     pub datapath: Datapath,
-    pub mtu: u32,
+    /// None: derived from the underlay (see [`crate::overlay::mtu`]).
+    pub mtu: Option<u32>,
+    pub overlay: Option<Overlay>,
+    /// Serve the IPAM gateway address on this host's bridge.
+    pub gateway: bool,
+    /// Masquerade traffic leaving the network through the host.
+    pub ip_masq: bool,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub ipam_type: String,
@@ -89,15 +98,31 @@ impl Config {
         };
 
         let mtu = match raw.get("mtu") {
-            None | Some(Value::Null) => DEFAULT_MTU,
-            Some(v) => v
-                .as_u64()
-                .filter(|m| (68..=65535).contains(m))
-                .map(|m| m as u32)
-                .ok_or_else(|| {
-                    Error::config(format!("mtu {v} must be a whole number from 68 to 65535"))
-                })?,
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|m| (68..=65535).contains(m))
+                    .map(|m| m as u32)
+                    .ok_or_else(|| {
+                        Error::config(format!("mtu {v} must be a whole number from 68 to 65535"))
+                    })?,
+            ),
         };
+        let flag = |key: &str| -> Result<bool> {
+            match raw.get(key) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(Error::config(format!("{key} must be true or false"))),
+            }
+        };
+        let gateway = flag("gateway")?;
+        let ip_masq = flag("ipMasq")?;
+        if ip_masq && !gateway {
+            return Err(Error::config(
+                "ipMasq needs gateway: true (traffic leaves through the host's gateway)",
+            ));
+        }
+        let overlay = Overlay::parse(raw, &crate::overlay::config::hostname())?;
 
         let log_file = opt_str(raw, "logFile")?.map(PathBuf::from);
         let log_level = opt_str(raw, "logLevel")?.map(String::from);
@@ -122,6 +147,9 @@ impl Config {
             ovsdb_socket,
             datapath,
             mtu,
+            overlay,
+            gateway,
+            ip_masq,
             log_file,
             log_level,
             ipam_type,
@@ -149,7 +177,8 @@ mod tests {
     fn defaults() {
         let c = parse(json!({})).unwrap();
         assert_eq!(c.bridge, "br-weft");
-        assert_eq!(c.mtu, 1450);
+        assert_eq!(c.mtu, None);
+        assert!(c.overlay.is_none() && !c.gateway && !c.ip_masq);
         assert_eq!(c.datapath, Datapath::Auto);
         assert_eq!(c.ipam_type, "host-local");
     }
@@ -167,6 +196,10 @@ mod tests {
             (json!({"ipam": null}), "ipam"),
             (json!({"ipam": {}}), "ipam.type"),
             (json!({"ipam": "host-local"}), "ipam"),
+            (json!({"gateway": "yes"}), "gateway"),
+            (json!({"ipMasq": true}), "ipMasq"),
+            (json!({"tunnel": {"type": "gre"}}), "tunnel"),
+            (json!({"etcd": {"endpoints": ["x"]}}), "etcd.endpoints[0]"),
         ] {
             let e = parse(extra.clone()).unwrap_err();
             assert_eq!(e.code, 7, "{extra}");

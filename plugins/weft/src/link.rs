@@ -197,6 +197,37 @@ impl Netlink {
         .map_err(|e| nl_err(format!("cannot add address {addr}"), e))
     }
 
+    /// The name and MTU of the host link holding `ip`.
+    pub fn link_of_address(&self, ip: IpAddr) -> Result<Option<(String, u32)>> {
+        let msgs: Vec<_> = self
+            .block(self.host.address().get().execute().try_collect())
+            .map_err(|e| nl_err("cannot list addresses", e))?;
+        let index = msgs.iter().find_map(|m| {
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(x) if *x == ip))
+                .then_some(m.header.index)
+        });
+        let Some(index) = index else { return Ok(None) };
+        let found = self.block(async {
+            self.host
+                .link()
+                .get()
+                .match_index(index)
+                .execute()
+                .try_next()
+                .await
+        });
+        let msg = found.map_err(|e| nl_err(format!("cannot look up link {index}"), e))?;
+        Ok(msg.map(|m| {
+            let name = m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            (name.unwrap_or_default(), link_info(&m).mtu)
+        }))
+    }
+
     pub fn addresses(&self, h: &Handle, index: u32) -> Result<Vec<IpNet>> {
         let msgs: Vec<_> = self
             .block(

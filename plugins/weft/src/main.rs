@@ -2,24 +2,11 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
-mod add;
-mod check;
-mod config;
-mod del;
-mod ethtool;
-mod fastdel;
-mod gc;
-mod link;
-mod names;
-mod netns;
-mod ovs;
-mod undo;
-
+use weft::config::Config;
+use weft::{add, check, del, gc, STARTED};
 use weft_cni::result::CniResult;
 use weft_cni::skel::{Context, Plugin};
 use weft_cni::Result;
-
-use config::Config;
 
 struct Weft;
 
@@ -46,9 +33,6 @@ impl Plugin for Weft {
         gc::gc(ctx, &setup(ctx)?)
     }
 }
-
-/// When the process started, for the debug log's phase timings.
-static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn main() -> std::process::ExitCode {
     STARTED.get_or_init(std::time::Instant::now);

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_cni::error::{self, Error, Result};
+use weft_ovsdb::plan::PortSpec;
 use weft_ovsdb::{plan, read_map, read_uuid, Client, OvsError, OvsErrorKind, PendingTxn};
+
+use crate::overlay::tunnels::{self, Existing};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,26 +66,27 @@ impl Ovs {
     pub fn begin_attach(
         &mut self,
         bridge: &str,
-        port: &str,
-        ids: &[(&str, &str)],
+        port: &PortSpec,
+        extra: &[Value],
     ) -> Result<PendingTxn> {
         self.client
-            .send_and_wait(&plan::add_port(bridge, port, ids))
+            .send_and_wait(&plan::add_port(bridge, port, extra))
             .map_err(ovs_err)
     }
 
     /// Waits for the attach, creating the bridge with `datapath_type` when it
     /// was missing, and returns the bridge's datapath type once ovs-vswitchd
-    /// has opened the port.
+    /// has opened the port, with the results of the `extra` operations.
     pub fn finish_attach(
         &mut self,
         pending: PendingTxn,
         bridge: &str,
         datapath_type: &str,
-        port: &str,
-        ids: &[(&str, &str)],
-    ) -> Result<String> {
-        let ops = plan::add_port(bridge, port, ids);
+        spec: &PortSpec,
+        extra: &[Value],
+    ) -> Result<(String, Vec<Value>)> {
+        let port = spec.name.as_str();
+        let ops = plan::add_port(bridge, spec, extra);
         let mut outcome = self.client.finish(pending);
         let mut tried_bridge = false;
         let mut tried_stale = false;
@@ -120,7 +124,55 @@ impl Ovs {
             .unwrap_or("")
             .to_string();
         self.port_healthy(port)?;
-        Ok(if dp.is_empty() { "system".into() } else { dp })
+        let extras = results
+            .get(plan::ADD_PORT_EXTRA..)
+            .unwrap_or_default()
+            .to_vec();
+        Ok((if dp.is_empty() { "system".into() } else { dp }, extras))
+    }
+
+    /// Adds and removes ports in one transaction and waits for ovs-vswitchd.
+    /// False when a port to add already existed (another process was
+    /// quicker), in which case nothing changed.
+    pub fn change_ports(
+        &mut self,
+        bridge: &str,
+        add: &[PortSpec],
+        remove: &[String],
+    ) -> Result<bool> {
+        let ops = plan::change_ports(bridge, add, remove);
+        if ops.is_empty() {
+            return Ok(true);
+        }
+        match self.client.transact_and_wait(&ops) {
+            Ok(_) => {}
+            Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("timed out") => {
+                return Ok(false)
+            }
+            Err(e) => return Err(ovs_err(e)),
+        }
+        for p in add {
+            self.port_healthy(&p.name)?;
+        }
+        Ok(true)
+    }
+
+    /// The tunnel ports weft made for `net` on this host.
+    pub fn tunnel_ports(&mut self, net: &str) -> Result<Vec<Existing>> {
+        let r = self
+            .client
+            .transact(&plan::find_ports(&[(tunnels::ids::TUNNEL_FOR, net)]))
+            .map_err(ovs_err)?;
+        Ok(existing_tunnels(r.first().unwrap_or(&Value::Null)))
+    }
+
+    /// Every port weft made on this host: attachments, tunnels, gateways.
+    pub fn weft_ports(&mut self) -> Result<Vec<FoundPort>> {
+        let ports = self.find(plan::ports_with_ids())?;
+        Ok(ports
+            .into_iter()
+            .filter(|p| p.external_ids.iter().any(|(k, _)| k.starts_with("weft.")))
+            .collect())
     }
 
     fn create_bridge(&mut self, bridge: &str, datapath_type: &str) -> Result<()> {
@@ -237,10 +289,83 @@ impl Ovs {
         Ok(has)
     }
 
+    /// The OVS type of interface `name` ("" for system, "internal", ...);
+    /// None when OVS has no such interface.
+    pub fn interface_type(&mut self, name: &str) -> Result<Option<String>> {
+        let r = self
+            .client
+            .transact(&plan::interface_type(name))
+            .map_err(ovs_err)?;
+        Ok(r.first()
+            .and_then(|r| r["rows"].get(0))
+            .map(|row| row["type"].as_str().unwrap_or("").to_string()))
+    }
+
+    /// The datapath type of `bridge`, if it exists ("" means system).
+    pub fn bridge_datapath(&mut self, bridge: &str) -> Result<Option<String>> {
+        let r = self
+            .client
+            .transact(&plan::bridge(bridge))
+            .map_err(ovs_err)?;
+        Ok(r.first()
+            .and_then(|r| r["rows"].get(0))
+            .map(|row| row["datapath_type"].as_str().unwrap_or("").to_string()))
+    }
+
+    pub fn bridge_exists(&mut self, bridge: &str) -> Result<bool> {
+        let r = self
+            .client
+            .transact(&plan::bridge(bridge))
+            .map_err(ovs_err)?;
+        Ok(r.first()
+            .and_then(|r| r["rows"].as_array())
+            .is_some_and(|rows| !rows.is_empty()))
+    }
+
+    /// Removes `bridge` if weft created it (its external_ids say so).
+    pub fn remove_own_bridge(&mut self, bridge: &str) -> Result<bool> {
+        let r = self
+            .client
+            .transact(&plan::own_bridge(bridge))
+            .map_err(ovs_err)?;
+        let Some(uuid) = r
+            .first()
+            .and_then(|r| r["rows"].get(0))
+            .and_then(|row| read_uuid(&row["_uuid"]))
+            .map(String::from)
+        else {
+            return Ok(false);
+        };
+        self.client
+            .transact(&plan::delete_bridge(&uuid))
+            .map_err(ovs_err)?;
+        Ok(true)
+    }
+
     pub fn ping(&mut self) -> Result<()> {
         self.client
             .transact(&plan::ping())
             .map(|_| ())
             .map_err(ovs_err)
     }
+}
+
+/// Tunnel ports from the rows of a select of Port (name, _uuid, external_ids).
+pub fn existing_tunnels(select_result: &Value) -> Vec<Existing> {
+    select_result["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| {
+                    let ids = read_map(&row["external_ids"]);
+                    let spec = ids.iter().find(|(k, _)| k == tunnels::ids::SPEC)?.1.clone();
+                    Some(Existing {
+                        uuid: read_uuid(&row["_uuid"])?.to_string(),
+                        name: row["name"].as_str()?.to_string(),
+                        spec,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,0 +1,78 @@
+//! Multi-host: the registry in etcd, tunnels to every peer, the per-host
+//! gateway. Everything here is a no-op for a config without `etcd`, except
+//! the gateway, which also works on one host.
+
+pub mod config;
+pub mod gateway;
+pub mod registry;
+pub mod tunnels;
+pub mod underlay;
+
+use weft_cni::Result;
+use weft_ipam::etcd::EtcdStore;
+
+use crate::config::{Config, DEFAULT_MTU};
+use crate::link::Netlink;
+use crate::ovs::Ovs;
+use registry::{NodeRecord, View};
+use underlay::Underlay;
+
+/// The container MTU: `mtu` when set, else the underlay's minus the
+/// tunnel's overhead, else (one host) [`DEFAULT_MTU`].
+pub fn mtu(cfg: &Config, underlay: Option<&Underlay>) -> u32 {
+    match (cfg.mtu, &cfg.overlay, underlay) {
+        (Some(m), _, _) => m,
+        (None, Some(o), Some(u)) => u.mtu.saturating_sub(o.tunnel.overhead(u.ip.is_ipv6())),
+        _ => DEFAULT_MTU,
+    }
+}
+
+/// The config's MTU, detecting the underlay when it depends on it.
+pub fn effective_mtu(cfg: &Config, nl: &Netlink) -> Result<u32> {
+    match (&cfg.overlay, cfg.mtu) {
+        (Some(o), None) => Ok(mtu(cfg, Some(&underlay::detect(nl, o)?))),
+        _ => Ok(mtu(cfg, None)),
+    }
+}
+
+/// Registers this host and its membership of the network where missing and
+/// returns the network's VNI and live peers.
+pub fn join(cfg: &Config, o: &config::Overlay, u: &Underlay) -> Result<View> {
+    let mut store = EtcdStore::connect(&o.etcd)?;
+    let me = NodeRecord {
+        name: o.node.clone(),
+        ip: u.ip,
+    };
+    registry::join(&mut store, &cfg.network, o, &me)
+}
+
+/// Brings the network's tunnel ports in line with `view`, given the ones
+/// OVS has. Returns how many ports changed.
+pub fn reconcile(
+    ovs: &mut Ovs,
+    bridge: &str,
+    net: &str,
+    view: &View,
+    existing: &[tunnels::Existing],
+) -> Result<usize> {
+    let want = tunnels::desired(net, &view.network, &view.peers);
+    let mut plan = tunnels::plan(&want, existing);
+    for _ in 0..3 {
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        let n = plan.add.len() + plan.remove.len();
+        if ovs.change_ports(bridge, &plan.add, &plan.remove)? {
+            tracing::info!(
+                network = net,
+                added = plan.add.len(),
+                removed = plan.remove.len(),
+                "tunnels reconciled"
+            );
+            return Ok(n);
+        }
+        // Another process changed the same ports first; plan again from what is there now.
+        plan = tunnels::plan(&want, &ovs.tunnel_ports(net)?);
+    }
+    Ok(0)
+}

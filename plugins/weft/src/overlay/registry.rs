@@ -1,0 +1,391 @@
+//! Who is in the cluster, in etcd: hosts, networks with their VNIs, and which
+//! hosts have containers on which network.
+//!
+//! Keys (all under `/weft/v1/`):
+//! - `nodes/<node>`: `{"ip": underlay address}`; the agent holds it with a lease
+//! - `networks/<net>`: `{"vni", "tunnel", "port"}`, written once, on first use
+//! - `vnis/<vni>`: the network that owns the VNI, so two cannot share one
+//! - `members/<net>/<node>`: the node has (had) containers on the network
+//!
+//! A joining host writes what is missing in one compare-guarded transaction;
+//! in the steady state an ADD costs one read.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use weft_cni::{Error, Result};
+use weft_ipam::alloc::store_err;
+use weft_ipam::store::{Compare, Read, ReadResult, Store, Write};
+
+use super::config::{Overlay, TunnelKind, MAX_VNI};
+
+pub const ROOT: &str = "/weft/v1/";
+
+pub fn node_key(node: &str) -> String {
+    format!("{ROOT}nodes/{node}")
+}
+pub fn nodes_prefix() -> String {
+    format!("{ROOT}nodes/")
+}
+pub fn network_key(net: &str) -> String {
+    format!("{ROOT}networks/{net}")
+}
+pub fn networks_prefix() -> String {
+    format!("{ROOT}networks/")
+}
+pub fn vni_key(vni: u32) -> String {
+    format!("{ROOT}vnis/{vni}")
+}
+pub fn vnis_prefix() -> String {
+    format!("{ROOT}vnis/")
+}
+pub fn member_key(net: &str, node: &str) -> String {
+    format!("{ROOT}members/{net}/{node}")
+}
+pub fn members_prefix(net: &str) -> String {
+    format!("{ROOT}members/{net}/")
+}
+pub fn all_members_prefix() -> String {
+    format!("{ROOT}members/")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    #[serde(skip)]
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub vni: u32,
+    pub tunnel: TunnelKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// What a host needs to build its side of a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub network: NetworkRecord,
+    /// Other live nodes with containers on the network, by name.
+    pub peers: Vec<NodeRecord>,
+}
+
+fn last_segment(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+pub fn decode_nodes(r: &ReadResult) -> Vec<NodeRecord> {
+    r.kvs
+        .iter()
+        .filter_map(|kv| {
+            let mut n: NodeRecord = serde_json::from_slice(&kv.value).ok()?;
+            n.name = last_segment(&kv.key).to_string();
+            Some(n)
+        })
+        .collect()
+}
+
+fn decode_network(r: &ReadResult) -> Option<NetworkRecord> {
+    r.kvs
+        .first()
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+}
+
+/// Live peers: members of the network that are also registered nodes.
+fn peers(members: &ReadResult, nodes: &[NodeRecord], me: &str) -> Vec<NodeRecord> {
+    let names: std::collections::HashSet<&str> =
+        members.kvs.iter().map(|kv| last_segment(&kv.key)).collect();
+    nodes
+        .iter()
+        .filter(|n| n.name != me && names.contains(n.name.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The config must agree with what the cluster already settled on; a
+/// mismatch means hosts would build tunnels that cannot talk.
+fn check_agrees(net: &str, rec: &NetworkRecord, o: &Overlay) -> Result<()> {
+    if let Some(v) = o.vni {
+        if v != rec.vni {
+            return Err(Error::config(format!(
+                "vni {v}: network {net} already has VNI {} in etcd",
+                rec.vni
+            )));
+        }
+    }
+    if o.tunnel != rec.tunnel || o.port != rec.port {
+        return Err(Error::config(format!(
+            "tunnel.type {}/port {:?} differs from the {}/port {:?} network {net} uses in etcd",
+            o.tunnel.as_str(),
+            o.port,
+            rec.tunnel.as_str(),
+            rec.port
+        )));
+    }
+    Ok(())
+}
+
+/// The lowest VNI no network holds.
+fn free_vni(used: &ReadResult) -> Option<u32> {
+    let taken: std::collections::HashSet<u32> = used
+        .kvs
+        .iter()
+        .filter_map(|kv| last_segment(&kv.key).parse().ok())
+        .collect();
+    (1..=MAX_VNI).find(|v| !taken.contains(v))
+}
+
+/// Registers `me` and its membership of `net` where missing, settles the
+/// network's VNI, and returns the view. One read when all is in place.
+pub fn join(store: &mut impl Store, net: &str, o: &Overlay, me: &NodeRecord) -> Result<View> {
+    for _ in 0..8 {
+        let r = store
+            .read(&[
+                Read::Key(network_key(net)),
+                Read::Key(member_key(net, &me.name)),
+                Read::prefix(&members_prefix(net)),
+                Read::prefix(&nodes_prefix()),
+                Read::Key(vni_key(o.vni.unwrap_or(0))),
+            ])
+            .map_err(store_err)?;
+        let network = decode_network(&r[0]);
+        let nodes = decode_nodes(&r[3]);
+        let mut compares = Vec::new();
+        let mut writes = Vec::new();
+
+        let network = match network {
+            Some(rec) => {
+                check_agrees(net, &rec, o)?;
+                rec
+            }
+            None => {
+                let vni = match o.vni {
+                    Some(v) => {
+                        if let Some(kv) = r[4].kvs.first() {
+                            return Err(Error::config(format!(
+                                "vni {v} is already used by network {}",
+                                String::from_utf8_lossy(&kv.value)
+                            )));
+                        }
+                        v
+                    }
+                    None => {
+                        let used = store
+                            .read(&[Read::prefix(&vnis_prefix())])
+                            .map_err(store_err)?;
+                        free_vni(&used[0]).ok_or_else(|| {
+                            Error::new(
+                                weft_ipam::alloc::POOL_EXHAUSTED,
+                                format!("all {MAX_VNI} VNIs are taken"),
+                            )
+                        })?
+                    }
+                };
+                let rec = NetworkRecord {
+                    vni,
+                    tunnel: o.tunnel,
+                    port: o.port,
+                };
+                compares.push(Compare::Absent(network_key(net)));
+                compares.push(Compare::Absent(vni_key(vni)));
+                writes.push(Write::Put(network_key(net), to_vec(&rec)));
+                writes.push(Write::Put(vni_key(vni), net.as_bytes().to_vec()));
+                rec
+            }
+        };
+        match nodes.iter().find(|n| n.name == me.name) {
+            Some(n) if n.ip == me.ip => {}
+            Some(n) => {
+                let rev = r[3]
+                    .kvs
+                    .iter()
+                    .find(|kv| last_segment(&kv.key) == n.name)
+                    .map_or(0, |kv| kv.mod_revision);
+                compares.push(Compare::ModRevision(node_key(&me.name), rev));
+                writes.push(Write::Put(node_key(&me.name), to_vec(me)));
+            }
+            None => {
+                compares.push(Compare::Absent(node_key(&me.name)));
+                writes.push(Write::Put(node_key(&me.name), to_vec(me)));
+            }
+        }
+        if r[1].kvs.is_empty() {
+            compares.push(Compare::Absent(member_key(net, &me.name)));
+            writes.push(Write::Put(member_key(net, &me.name), Vec::new()));
+        }
+        let view = View {
+            network,
+            peers: peers(&r[2], &nodes, &me.name),
+        };
+        if writes.is_empty() {
+            return Ok(view);
+        }
+        // Someone else wrote first: look again.
+        if store
+            .txn(&compares, &writes, &[])
+            .map_err(store_err)?
+            .succeeded
+        {
+            return Ok(view);
+        }
+    }
+    Err(Error::new(
+        weft_cni::error::TRY_AGAIN_LATER,
+        "etcd registry kept changing under us; try again",
+    ))
+}
+
+/// The view of `net` without writing anything: for the agent and weftctl.
+pub fn view(store: &mut impl Store, net: &str, me: &str) -> Result<Option<View>> {
+    let r = store
+        .read(&[
+            Read::Key(network_key(net)),
+            Read::prefix(&members_prefix(net)),
+            Read::prefix(&nodes_prefix()),
+        ])
+        .map_err(store_err)?;
+    let Some(network) = decode_network(&r[0]) else {
+        return Ok(None);
+    };
+    Ok(Some(View {
+        network,
+        peers: peers(&r[1], &decode_nodes(&r[2]), me),
+    }))
+}
+
+/// Networks `node` is a member of.
+pub fn networks_of(store: &mut impl Store, node: &str) -> Result<Vec<String>> {
+    let r = store
+        .read(&[Read::prefix(&all_members_prefix())])
+        .map_err(store_err)?;
+    let prefix = all_members_prefix();
+    Ok(r[0]
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let rest = kv.key.strip_prefix(&prefix)?;
+            let (net, n) = rest.rsplit_once('/')?;
+            (n == node).then(|| net.to_string())
+        })
+        .collect())
+}
+
+pub fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use weft_ipam::store::MemStore;
+
+    fn overlay(extra: serde_json::Value) -> Overlay {
+        let mut doc = json!({"etcd": {"endpoints": ["http://10.0.0.1:2379"]}});
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        Overlay::parse(&doc, "h").unwrap().unwrap()
+    }
+
+    fn node(name: &str, ip: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn first_join_allocates_vni_and_registers_then_reads_only() {
+        let mut s = MemStore::default();
+        let o = overlay(json!({}));
+        let a = join(&mut s, "blue", &o, &node("a", "10.0.0.2")).unwrap();
+        assert_eq!(a.network.vni, 1);
+        assert!(a.peers.is_empty());
+        let red = join(&mut s, "red", &o, &node("a", "10.0.0.2")).unwrap();
+        assert_eq!(red.network.vni, 2);
+        let b = join(&mut s, "blue", &o, &node("b", "10.0.0.3")).unwrap();
+        assert_eq!(b.network.vni, 1);
+        assert_eq!(b.peers, vec![node("a", "10.0.0.2")]);
+        // Steady state: one read.
+        let before = s.round_trips();
+        let a2 = join(&mut s, "blue", &o, &node("a", "10.0.0.2")).unwrap();
+        assert_eq!(s.round_trips() - before, 1);
+        assert_eq!(a2.peers, vec![node("b", "10.0.0.3")]);
+    }
+
+    #[test]
+    fn fixed_vni_clash_is_code_7_naming_the_holder() {
+        let mut s = MemStore::default();
+        let o = overlay(json!({"vni": 42}));
+        assert_eq!(
+            join(&mut s, "blue", &o, &node("a", "10.0.0.2"))
+                .unwrap()
+                .network
+                .vni,
+            42
+        );
+        let e = join(&mut s, "red", &o, &node("a", "10.0.0.2")).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("blue"), "{}", e.msg);
+        // An automatic VNI steps around the fixed one.
+        let auto = overlay(json!({}));
+        s.data.insert(vni_key(1), (b"x".to_vec(), 1));
+        assert_eq!(
+            join(&mut s, "green", &auto, &node("a", "10.0.0.2"))
+                .unwrap()
+                .network
+                .vni,
+            2
+        );
+    }
+
+    #[test]
+    fn config_disagreeing_with_cluster_is_code_7() {
+        let mut s = MemStore::default();
+        join(&mut s, "blue", &overlay(json!({})), &node("a", "10.0.0.2")).unwrap();
+        for extra in [
+            json!({"vni": 9}),
+            json!({"tunnel": {"type": "gre"}}),
+            json!({"tunnel": {"port": 1}}),
+        ] {
+            let e = join(
+                &mut s,
+                "blue",
+                &overlay(extra.clone()),
+                &node("b", "10.0.0.3"),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, 7, "{extra}");
+        }
+    }
+
+    #[test]
+    fn unregistered_members_are_not_peers_and_moved_nodes_update() {
+        let mut s = MemStore::default();
+        let o = overlay(json!({}));
+        join(&mut s, "blue", &o, &node("a", "10.0.0.2")).unwrap();
+        join(&mut s, "blue", &o, &node("b", "10.0.0.3")).unwrap();
+        // b's registration goes (its lease expired); its membership stays.
+        s.data.remove(&node_key("b"));
+        assert!(join(&mut s, "blue", &o, &node("a", "10.0.0.2"))
+            .unwrap()
+            .peers
+            .is_empty());
+        // b comes back on another address.
+        join(&mut s, "blue", &o, &node("b", "10.0.0.9")).unwrap();
+        let v = view(&mut s, "blue", "a").unwrap().unwrap();
+        assert_eq!(v.peers, vec![node("b", "10.0.0.9")]);
+        assert_eq!(networks_of(&mut s, "b").unwrap(), vec!["blue".to_string()]);
+    }
+
+    #[test]
+    fn etcd_down_is_code_11() {
+        let mut s = MemStore::default();
+        s.down = true;
+        let e = join(&mut s, "blue", &overlay(json!({})), &node("a", "10.0.0.2")).unwrap_err();
+        assert_eq!(e.code, 11);
+    }
+}

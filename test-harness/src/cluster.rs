@@ -1,0 +1,280 @@
+//! Several simulated hosts joined by the fabric, with etcd, as weft's
+//! multi-host tests and demo need them.
+//!
+//! Each host's underlay address sits on an OVS internal port (`br-underlay`,
+//! userspace datapath) with the fabric veth as its uplink: OVS's userspace
+//! tunnels route and resolve neighbours through OVS bridges only, as on a
+//! DPDK host. With the kernel datapath a plain interface would do.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::cleanup::{self, Resource, Token};
+use crate::etcd::Etcd;
+use crate::fabric::Fabric;
+use crate::host::Host;
+use crate::runtime::{plugin_bin, Network};
+
+pub const UNDERLAY_BRIDGE: &str = "br-underlay";
+
+/// `weftctl agent` running on a host; stopped (SIGTERM, so it gives up its
+/// lease) when dropped.
+pub struct Agent {
+    child: Option<(Child, Token)>,
+}
+
+impl Agent {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|(c, _)| c.id())
+    }
+
+    /// Stops it the way a crash would: no lease revocation.
+    pub fn kill(&mut self) {
+        if let Some((mut c, _t)) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some((c, _t)) = self.child.take() {
+            cleanup::stop_pid(c.id() as i32);
+        }
+    }
+}
+
+pub struct Cluster {
+    pub label: String,
+    // Drop order: hosts (their OVS), then etcd, then the fabric.
+    pub hosts: Vec<Host>,
+    pub underlay_ips: Vec<String>,
+    pub etcd: Etcd,
+    pub fabric: Fabric,
+}
+
+impl Cluster {
+    pub fn new(label: &str, hosts: usize) -> Result<Self> {
+        let fabric = Fabric::new(label)?;
+        let etcd = Etcd::start(&fabric.netns, 1, None)?;
+        let mut c = Cluster {
+            label: label.to_string(),
+            hosts: Vec::new(),
+            underlay_ips: Vec::new(),
+            etcd,
+            fabric,
+        };
+        for _ in 0..hosts {
+            c.add_host()?;
+        }
+        Ok(c)
+    }
+
+    /// A new host on the fabric; returns its index.
+    pub fn add_host(&mut self) -> Result<usize> {
+        let i = self.hosts.len();
+        let host = Host::new(&format!("{}-h{i}", self.label))?;
+        let ip = self.fabric.attach(&host.netns)?;
+        // Move the address from the veth onto an OVS internal port.
+        host.ovs.vsctl(&[
+            "add-br",
+            UNDERLAY_BRIDGE,
+            "--",
+            "set",
+            "bridge",
+            UNDERLAY_BRIDGE,
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            UNDERLAY_BRIDGE,
+            "underlay0",
+        ])?;
+        host.netns
+            .ok(&["ip", "addr", "flush", "dev", "underlay0"])?;
+        host.netns.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            UNDERLAY_BRIDGE,
+        ])?;
+        host.netns
+            .ok(&["ip", "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        // The userspace datapath passes the kernel's TCP segments on with
+        // checksums still to fill in; the host's own traffic (etcd) needs
+        // them filled, as on any netdev host.
+        host.netns
+            .ok(&["ethtool", "-K", UNDERLAY_BRIDGE, "tx", "off"])?;
+        self.hosts.push(host);
+        self.underlay_ips.push(ip);
+        Ok(i)
+    }
+
+    /// The conflist every host uses for network `name`. Only the OVS socket
+    /// and the data dir differ, because simulated hosts share one filesystem,
+    /// and the node name, because they share one hostname.
+    pub fn network(&self, host: usize, name: &str, subnet: &str, extra: Value) -> Network {
+        let h = &self.hosts[host];
+        let mut weft = json!({
+            "type": "weft", "ovsdbSocket": h.db_sock(), "logLevel": "info",
+            "logFile": h.dir.path.join("weft.log"),
+            "etcd": {"endpoints": self.etcd.endpoints(), "timeoutMs": 3000},
+            "node": {"name": h.label},
+            "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "dataDir": h.ipam_dir()}
+        });
+        if let Some(m) = extra.as_object() {
+            for (k, v) in m {
+                weft[k] = v.clone();
+            }
+        }
+        Network {
+            conflist: json!({"cniVersion": "1.0.0", "name": name, "plugins": [weft]}),
+            version: "1.0.0".into(),
+        }
+    }
+
+    /// Writes `net`'s conflist into the host's dir, for weftctl.
+    pub fn write_conf(&self, host: usize, net: &Network) -> Result<PathBuf> {
+        let path = self.hosts[host]
+            .dir
+            .path
+            .join(format!("{}.conflist", net.name()));
+        std::fs::write(&path, serde_json::to_vec_pretty(&net.conflist)?)?;
+        Ok(path)
+    }
+
+    /// Runs `weftctl ARGS --conf <net's conflist>` on `host`.
+    pub fn weftctl(
+        &self,
+        host: usize,
+        net: &Network,
+        args: &[&str],
+    ) -> Result<std::process::Output> {
+        let conf = self.write_conf(host, net)?;
+        let out = self.hosts[host]
+            .netns
+            .command(&plugin_bin("weftctl")?.to_string_lossy())?
+            .args(args)
+            .arg("--conf")
+            .arg(&conf)
+            .output()
+            .context("running weftctl")?;
+        Ok(out)
+    }
+
+    pub fn start_agent(&self, host: usize, net: &Network, ttl: u32) -> Result<Agent> {
+        let conf = self.write_conf(host, net)?;
+        let log = std::fs::File::create(self.hosts[host].dir.path.join("agent.log"))?;
+        let child = self.hosts[host]
+            .netns
+            .command(&plugin_bin("weftctl")?.to_string_lossy())?
+            .args(["agent", "--ttl", &ttl.to_string(), "--conf"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting weftctl agent")?;
+        let token = cleanup::register(Resource::Process(child.id() as i32));
+        Ok(Agent {
+            child: Some((child, token)),
+        })
+    }
+
+    /// Tunnel ports on `host`, by name.
+    pub fn tunnels(&self, host: usize) -> Result<Vec<String>> {
+        Ok(self.hosts[host]
+            .ovs
+            .ports()?
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("wtn"))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Waits until `host` has `n` tunnel ports.
+    pub fn wait_tunnels(&self, host: usize, n: usize, within: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let have = self.tunnels(host)?.len();
+            if have == n {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                bail!("host {host} has {have} tunnels, not {n}, after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A container attached to a network on a host, as the matrix needs it.
+pub struct Placed {
+    pub host: usize,
+    pub net: String,
+    pub ip: String,
+    pub c: crate::host::Container,
+}
+
+impl Placed {
+    pub fn label(&self) -> String {
+        format!("h{}/{}", self.host, self.net)
+    }
+}
+
+/// Who reaches whom: `[i][j]` is whether `placed[i]` gets an answer from
+/// `placed[j]`'s address. All pings run at once, each given 3 s.
+pub fn reach_matrix(placed: &[Placed]) -> Result<Vec<Vec<bool>>> {
+    let mut running = Vec::new();
+    for (i, a) in placed.iter().enumerate() {
+        for (j, b) in placed.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let child =
+                a.c.netns
+                    .command("ping")?
+                    .args(["-c", "1", "-w", "3", "-i", "0.2", &b.ip])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+            running.push((i, j, child));
+        }
+    }
+    let mut m = vec![vec![true; placed.len()]; placed.len()];
+    for (i, j, mut child) in running {
+        m[i][j] = child.wait()?.success();
+    }
+    Ok(m)
+}
+
+/// The matrix as text: a row per source, a column per destination.
+pub fn render_matrix(placed: &[Placed], m: &[Vec<bool>]) -> String {
+    let labels: Vec<String> = placed.iter().map(Placed::label).collect();
+    let w = labels.iter().map(String::len).max().unwrap_or(4).max(4);
+    let mut s = format!("{:w$}", "from\\to");
+    for l in &labels {
+        s += &format!(" {l:>w$}");
+    }
+    s += "\n";
+    for (i, l) in labels.iter().enumerate() {
+        s += &format!("{l:w$}");
+        for (j, ok) in m[i].iter().enumerate() {
+            let cell = if i == j {
+                "-"
+            } else if *ok {
+                "yes"
+            } else {
+                "no"
+            };
+            s += &format!(" {cell:>w$}");
+        }
+        s += "\n";
+    }
+    s
+}

@@ -1,0 +1,160 @@
+//! Raw Ethernet in a namespace, for the broadcast test: send one ARP
+//! request, and count the copies of it that arrive elsewhere.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// Runs `f` on a thread that has entered `ns`; sockets it opens stay there.
+pub fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = ns.path.clone();
+    std::thread::spawn(move || {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: setns on this thread only; the fd is valid for the call.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+}
+
+fn packet_socket(ifname: &str) -> Result<(OwnedFd, i32)> {
+    // SAFETY: plain socket(2); the fd is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32) };
+    if fd < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: name is a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if index == 0 {
+        bail!("no interface {ifname}");
+    }
+    // SAFETY: zeroed sockaddr_ll is valid; we fill the fields bind needs.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_ifindex = index;
+    // SAFETY: sll is a valid sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        bail!("bind AF_PACKET: {}", std::io::Error::last_os_error());
+    }
+    Ok((fd, index))
+}
+
+/// An ARP request frame asking for `target` from `sender_ip`/`mac`.
+pub fn arp_request(mac: [u8; 6], sender_ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&sender_ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// Sends one broadcast ARP request for `target` out of `ifname` in `ns`.
+pub fn send_arp(ns: &Netns, ifname: &str, sender_ip: [u8; 4], target: [u8; 4]) -> Result<()> {
+    let ifname = ifname.to_string();
+    in_netns(ns, move || {
+        let (fd, _) = packet_socket(&ifname)?;
+        let mac = [0x02, 0x77, 0x65, 0x66, 0x74, 0x01];
+        let frame = arp_request(mac, sender_ip, target);
+        // SAFETY: frame is a valid buffer of the length passed.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        if n != frame.len() as isize {
+            bail!("send: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
+}
+
+/// Starts counting ARP requests for `target` arriving on `ifname` in `ns`
+/// for `window`; join the handle for the count.
+pub fn count_arp(
+    ns: &Netns,
+    ifname: &str,
+    target: [u8; 4],
+    window: Duration,
+) -> std::thread::JoinHandle<Result<usize>> {
+    let ifname = ifname.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let (fd, _) = packet_socket(&ifname)?;
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + window;
+        let mut n = 0;
+        let mut buf = [0u8; 2048];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            if rc <= 0 {
+                continue;
+            }
+            // SAFETY: buf is valid for its length.
+            let len = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if len >= 42 && buf[20..22] == [0, 1] && buf[38..42] == target {
+                n += 1;
+            }
+        }
+        Ok(n)
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_frame_layout() {
+        let f = arp_request([2, 0, 0, 0, 0, 1], [10, 0, 0, 1], [10, 0, 0, 9]);
+        assert_eq!(f.len(), 42);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[38..42], &[10, 0, 0, 9]);
+    }
+}
