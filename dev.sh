@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(
   openvswitch-switch etcd-server protobuf-compiler iproute2 iputils-ping ethtool iperf3
   containernetworking-plugins build-essential pkg-config ca-certificates curl openssl
+  nftables iptables
 )
 
 need_root() {

@@ -27,11 +27,31 @@ const NETS: [(&str, &str); 2] = [("blue", "10.250.0.0/16"), ("red", "10.251.0.0/
 /// between networks would be answered: isolation is then L2's doing alone.
 fn place(c: &Cluster, host: usize, net: &str, subnet: &str, extra: &Value, onlink: bool) -> Placed {
     let n = c.network(host, net, subnet, extra.clone());
-    let ctr = Container::new(&format!("c{host}{net}")).unwrap();
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ctr = Container::new(&format!("c{host}{net}{k}")).unwrap();
     let r = n
         .add(&c.hosts[host], &ctr, "eth0", &Attach::default())
         .unwrap();
-    let r = r.unwrap_or_else(|o| panic!("ADD {net} on h{host}: {} {}", o.stdout, o.stderr));
+    let r = r.unwrap_or_else(|o| {
+        let log =
+            std::fs::read_to_string(c.hosts[host].dir.path.join("weft.log")).unwrap_or_default();
+        let log: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("frame=") && !l.contains("discover"))
+            .collect();
+        let log = log[log.len().saturating_sub(8)..].join("\n");
+        let vs = std::fs::read_to_string(c.hosts[host].dir.path.join("ovs-vswitchd.log"))
+            .unwrap_or_default();
+        let vs: Vec<&str> = vs.lines().collect();
+        let vs = vs[vs.len().saturating_sub(25)..].join("\n");
+        let ping = c.hosts[host].netns.ping(weft_harness::fabric::FABRIC_IP);
+        let log = format!("{log}\nvswitchd:\n{vs}\nping fabric: {ping}");
+        panic!(
+            "ADD {net} on h{host}: {} {}\nweft.log:\n{log}",
+            o.stdout, o.stderr
+        )
+    });
     let ip = weft_harness::runtime::first_address(&r).unwrap();
     if onlink {
         ctr.netns
@@ -95,4 +115,266 @@ fn matrix_geneve() {
 #[test]
 fn matrix_gre() {
     matrix_for("gre");
+}
+
+#[test]
+fn tcp_50mb_across_hosts_with_default_mtu() {
+    let _g = serial();
+    let c = Cluster::new("tcp", 2).unwrap();
+    let a = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let b = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    // h0 joined before h1 existed; an agent-less cluster learns at the next
+    // ADD on h0, so attach one more there.
+    let _nudge = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let link: Value =
+        serde_json::from_str(&b.c.netns.ok(&["ip", "-j", "link", "show", "eth0"]).unwrap())
+            .unwrap();
+    assert_eq!(link[0]["mtu"], 1450, "1500-byte underlay minus VXLAN's 50");
+    let mut server =
+        b.c.netns
+            .command("iperf3")
+            .unwrap()
+            .args(["-s", "-1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out =
+        a.c.netns
+            .exec(&["timeout", "60", "iperf3", "-c", &b.ip, "-n", "52M", "-J"])
+            .unwrap();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    assert!(bytes >= 50e6, "received {bytes}");
+    println!(
+        "{bytes} bytes at {:.0} Mbit/s",
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap()
+            / 1e6
+    );
+}
+
+#[test]
+#[ignore = "open: about 1 run in 5, a host loses its own underlay traffic (etcd, ping) for seconds after it gets tunnels while its peers have none back yet; see the issue 5 note"]
+fn late_host_without_agent_is_reached_after_peers_next_add() {
+    let _g = serial();
+    let mut c = Cluster::new("latep", 2).unwrap();
+    let a = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let b = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    c.add_host().unwrap();
+    let late = place(&c, 2, "blue", NETS[0].1, &json!({}), false);
+    // The newcomer built its tunnels at its ADD; the others learn at theirs.
+    assert_eq!(c.tunnels(2).unwrap().len(), 2);
+    let _n0 = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let _n1 = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    for p in [&a, &b] {
+        assert!(p.c.netns.ping(&late.ip), "{} -> late host", p.label());
+        assert!(late.c.netns.ping(&p.ip), "late host -> {}", p.label());
+    }
+}
+
+#[test]
+fn late_host_with_agent_joins_and_leaves_within_a_second() {
+    let _g = serial();
+    let mut c = Cluster::new("latea", 2).unwrap();
+    let conf = |c: &Cluster, h| c.network(h, "blue", NETS[0].1, json!({}));
+    let _a0 = c.start_agent(0, &conf(&c, 0), 2).unwrap();
+    let _a1 = c.start_agent(1, &conf(&c, 1), 2).unwrap();
+    let a = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let _b = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    c.wait_tunnels(0, 1, Duration::from_secs(2)).unwrap();
+
+    c.add_host().unwrap();
+    let mut a2 = c.start_agent(2, &conf(&c, 2), 2).unwrap();
+    let late = place(&c, 2, "blue", NETS[0].1, &json!({}), false);
+    let took = c.wait_tunnels(0, 2, Duration::from_secs(1)).unwrap();
+    println!("h0 had its tunnel to the new host {took:?} after the new host's ADD");
+    assert!(a.c.netns.ping(&late.ip));
+
+    // A clean stop gives up the lease: peers drop the tunnel at once.
+    drop(std::mem::replace(
+        &mut a2,
+        c.start_agent(2, &conf(&c, 2), 2).unwrap(),
+    ));
+    c.wait_tunnels(0, 2, Duration::from_secs(2)).unwrap();
+    a2.kill();
+    // A crash: the lease (2 s) runs out, then peers drop the tunnel.
+    let gone = c.wait_tunnels(0, 1, Duration::from_secs(5)).unwrap();
+    println!("after a crash, h0 dropped the tunnel in {gone:?} (lease 2 s)");
+    c.wait_tunnels(1, 1, Duration::from_secs(2)).unwrap();
+    // Its addresses stay until GC or an operator releases them.
+    let ips = c.weftctl(0, &conf(&c, 0), &["ips", "--json"]).unwrap();
+    let v: Value = serde_json::from_slice(&ips.stdout).unwrap();
+    let held_by_h2 = v["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["node"] == c.hosts[2].label.as_str())
+        .count();
+    assert_eq!(held_by_h2, 1);
+    let gc = c.weftctl(0, &conf(&c, 0), &["gc", "--json"]).unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let v: Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "released"),
+        "{v}"
+    );
+}
+
+#[test]
+fn one_broadcast_reaches_every_other_host_exactly_once() {
+    let _g = serial();
+    let c = Cluster::new("bcast", 4).unwrap();
+    let conf = |h| c.network(h, "blue", NETS[0].1, json!({}));
+    let _agents: Vec<_> = (0..4)
+        .map(|h| c.start_agent(h, &conf(h), 2).unwrap())
+        .collect();
+    let placed: Vec<_> = (0..4)
+        .map(|h| place(&c, h, "blue", NETS[0].1, &json!({}), false))
+        .collect();
+    for h in 0..4 {
+        c.wait_tunnels(h, 3, Duration::from_secs(3)).unwrap();
+    }
+    // OVS's userspace tunnels drop the first packet to a peer whose underlay
+    // MAC they have not resolved yet; the mesh is what is under test here.
+    for p in &placed[1..] {
+        assert!(placed[0].c.netns.ping(&p.ip));
+    }
+    let target = [10, 250, 255, 254];
+    let counters: Vec<_> = placed[1..]
+        .iter()
+        .map(|p| {
+            weft_harness::rawsock::count_arp(&p.c.netns, "eth0", target, Duration::from_secs(2))
+        })
+        .collect();
+    weft_harness::rawsock::send_arp(&placed[0].c.netns, "eth0", [10, 250, 0, 200], target).unwrap();
+    let counts: Vec<usize> = counters
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    println!("copies received on h1..h3: {counts:?}");
+    assert_eq!(counts, vec![1, 1, 1]);
+}
+
+#[test]
+fn fixed_vni_shared_by_two_networks_is_code_7() {
+    let _g = serial();
+    let c = Cluster::new("vni", 1).unwrap();
+    let _a = place(&c, 0, "blue", NETS[0].1, &json!({"vni": 77}), false);
+    let n = c.network(0, "red", NETS[1].1, json!({"vni": 77}));
+    let ctr = Container::new("vnired").unwrap();
+    let out = n
+        .add(&c.hosts[0], &ctr, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(out.code(), Some(7), "{}", out.stdout);
+    assert!(out.stdout.contains("blue"), "{}", out.stdout);
+    // Nothing half-made: no veth left for the refused container.
+    assert!(c.hosts[0].weft_links().unwrap().len() == 1);
+}
+
+#[test]
+fn gateway_host_route_portmap_and_nat() {
+    let _g = serial();
+    let c = Cluster::new("gw", 2).unwrap();
+    let gw = |net: &str, subnet: &str, gwip: &str, h| {
+        let mut n = c.network(h, net, subnet, json!({"gateway": true, "ipMasq": true}));
+        n.conflist["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": subnet, "gateway": gwip}]]);
+        n.conflist["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+        n
+    };
+    let blue = gw("blue", "10.252.0.0/16", "10.252.0.1", 0);
+    let ctr = Container::new("gwc").unwrap();
+    let rc = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+    let r = blue
+        .add(
+            &c.hosts[0],
+            &ctr,
+            "eth0",
+            &Attach {
+                runtime_config: Some(rc),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap_or_else(|o| panic!("{} {}", o.stdout, o.stderr));
+    let ip = weft_harness::runtime::first_address(&r).unwrap();
+    let host_ip = &c.underlay_ips[0];
+    assert!(ctr.netns.ping("10.252.0.1"), "container -> gateway");
+    assert!(ctr.netns.ping(host_ip), "container -> its host");
+    assert!(c.hosts[0].netns.ping(&ip), "host -> container");
+    // The fabric has no route to 10.252/16: only masquerading gets an answer.
+    assert!(
+        ctr.netns.ping(weft_harness::fabric::FABRIC_IP),
+        "outbound NAT"
+    );
+
+    // A second host serves the same gateway address with the same MAC.
+    let blue1 = gw("blue", "10.252.0.0/16", "10.252.0.1", 1);
+    let ctr1 = Container::new("gwc1").unwrap();
+    blue1
+        .add(&c.hosts[1], &ctr1, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    assert!(ctr1.netns.ping("10.252.0.1"));
+    let mac = |h: usize| {
+        let v: Value =
+            serde_json::from_str(&c.hosts[h].netns.ok(&["ip", "-j", "link", "show"]).unwrap())
+                .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["ifname"].as_str().unwrap_or("").starts_with("wgw"))
+            .map(|l| l["address"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(mac(0), mac(1));
+
+    // portmap publishes container port 80 on the host's port 8080.
+    let listener = weft_harness::rawsock::in_netns(&ctr.netns, || {
+        let l = std::net::TcpListener::bind("0.0.0.0:80")?;
+        let (mut s, _) = l.accept()?;
+        std::io::Write::write_all(&mut s, b"hello from the container")?;
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let target = format!("{host_ip}:8080");
+    let got = weft_harness::rawsock::in_netns(&c.hosts[0].netns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&target.parse()?, Duration::from_secs(3))?;
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut s, &mut buf)?;
+        Ok(buf)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    listener.join().unwrap().unwrap();
+    assert_eq!(got, "hello from the container");
+
+    // Another network's gateway on the same host does not route to blue.
+    let green = gw("green", "10.253.0.0/16", "10.253.0.1", 0);
+    let g = Container::new("gwg").unwrap();
+    green
+        .add(&c.hosts[0], &g, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    assert!(g.netns.ping("10.253.0.1"));
+    assert!(!g.netns.ping(&ip), "green reached blue through the host");
 }

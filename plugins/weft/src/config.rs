@@ -214,3 +214,27 @@ mod tests {
         assert_eq!(Datapath::Netdev.resolve(|| true), "netdev");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped multi-host examples are valid weft configs.
+    #[test]
+    fn multi_host_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/multi-host");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let raw: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let mut plugin = raw["plugins"][0].clone();
+            plugin["name"] = raw["name"].clone();
+            plugin["cniVersion"] = raw["cniVersion"].clone();
+            let conf = NetConf::parse(plugin.to_string().as_bytes(), "1.0.0".into()).unwrap();
+            let cfg = Config::from_netconf(&conf).unwrap();
+            assert!(cfg.overlay.is_some(), "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 2);
+    }
+}
