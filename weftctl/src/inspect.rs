@@ -24,15 +24,8 @@ fn members(store: &mut impl Store) -> Result<BTreeMap<String, Vec<String>>> {
         .read(&[Read::prefix(&registry::all_members_prefix())])
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let prefix = registry::all_members_prefix();
-    for kv in &r[0].kvs {
-        if let Some((net, node)) = kv
-            .key
-            .strip_prefix(&prefix)
-            .and_then(|k| k.rsplit_once('/'))
-        {
-            out.entry(net.into()).or_default().push(node.into());
-        }
+    for (net, node) in registry::decode_members(&r[0]) {
+        out.entry(net).or_default().push(node);
     }
     Ok(out)
 }

@@ -112,17 +112,9 @@ pub fn gc(l: &Loaded, json: bool) -> Result<()> {
             .into_iter()
             .map(|n| n.name)
             .collect();
-        let prefix = registry::all_members_prefix();
-        for kv in &got[0].kvs {
-            let Some((net, node)) = kv
-                .key
-                .strip_prefix(&prefix)
-                .and_then(|k| k.rsplit_once('/'))
-            else {
-                continue;
-            };
-            if !live.contains(node) {
-                release(l, net, node, None, &mut r)?;
+        for (net, node) in registry::decode_members(&got[0]) {
+            if !live.contains(&node) {
+                release(l, &net, &node, None, &mut r)?;
             }
         }
     }

@@ -46,3 +46,10 @@ pub fn read_uuid(v: &serde_json::Value) -> Option<&str> {
         .then(|| v.get(1)?.as_str())
         .flatten()
 }
+
+/// Whether a select's result has any row.
+pub fn has_rows(select_result: &serde_json::Value) -> bool {
+    select_result["rows"]
+        .as_array()
+        .is_some_and(|rows| !rows.is_empty())
+}

@@ -182,10 +182,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let null = serde_json::Value::Null;
     if let Some(view) = &view {
         let existing = ovs_mod::existing_tunnels(found.first().unwrap_or(&null));
-        let sink_present = found
-            .get(2)
-            .and_then(|r| r["rows"].as_array())
-            .is_some_and(|rows| !rows.is_empty());
+        let sink_present = found.get(2).is_some_and(weft_ovsdb::has_rows);
         let mut o = ovs.borrow_mut();
         overlay::reconcile(
             &mut o,
@@ -197,10 +194,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         )?;
         phase("tunnels reconciled");
     }
-    let gw_exists = found
-        .get(1)
-        .and_then(|r| r["rows"].as_array())
-        .is_some_and(|rows| !rows.is_empty());
+    let gw_exists = found.get(1).is_some_and(weft_ovsdb::has_rows);
     if datapath == "netdev" {
         ethtool::disable_tx_checksum(&cont.ioctl, ifname)?;
     }

@@ -317,9 +317,7 @@ impl Ovs {
             .client
             .transact(&plan::bridge(bridge))
             .map_err(ovs_err)?;
-        Ok(r.first()
-            .and_then(|r| r["rows"].as_array())
-            .is_some_and(|rows| !rows.is_empty()))
+        Ok(r.first().is_some_and(weft_ovsdb::has_rows))
     }
 
     /// Removes `bridge` if weft created it (its external_ids say so).

@@ -255,20 +255,27 @@ pub fn view(store: &mut impl Store, net: &str, me: &str) -> Result<Option<View>>
     }))
 }
 
+/// (network, node) of every membership in a read of [`all_members_prefix`].
+pub fn decode_members(r: &ReadResult) -> Vec<(String, String)> {
+    let prefix = all_members_prefix();
+    r.kvs
+        .iter()
+        .filter_map(|kv| {
+            let (net, node) = kv.key.strip_prefix(&prefix)?.rsplit_once('/')?;
+            Some((net.to_string(), node.to_string()))
+        })
+        .collect()
+}
+
 /// Networks `node` is a member of.
 pub fn networks_of(store: &mut impl Store, node: &str) -> Result<Vec<String>> {
     let r = store
         .read(&[Read::prefix(&all_members_prefix())])
         .map_err(store_err)?;
-    let prefix = all_members_prefix();
-    Ok(r[0]
-        .kvs
-        .iter()
-        .filter_map(|kv| {
-            let rest = kv.key.strip_prefix(&prefix)?;
-            let (net, n) = rest.rsplit_once('/')?;
-            (n == node).then(|| net.to_string())
-        })
+    Ok(decode_members(&r[0])
+        .into_iter()
+        .filter(|(_, n)| n == node)
+        .map(|(net, _)| net)
         .collect())
 }
 
