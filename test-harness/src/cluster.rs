@@ -186,6 +186,32 @@ impl Cluster {
         })
     }
 
+    /// Everything worth reading when traffic across the cluster fails: the
+    /// fabric's neighbours and forwarding table, then each host's switch.
+    pub fn diagnose(&self) -> String {
+        let mut s = String::new();
+        for cmd in [
+            &["ip", "neigh"][..],
+            &["bridge", "fdb", "show", "br", "fab0"],
+            &["ip", "-s", "link"],
+        ] {
+            s += &format!("--- fabric: {}\n", cmd.join(" "));
+            match self.fabric.netns.exec(cmd) {
+                Ok(o) => s += &String::from_utf8_lossy(&o.stdout),
+                Err(e) => s += &e.to_string(),
+            }
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            s += &format!("=== h{i} ({})\n", self.underlay_ips[i]);
+            if let Ok(o) = h.netns.exec(&["ip", "neigh"]) {
+                s += &format!("--- ip neigh\n{}", String::from_utf8_lossy(&o.stdout));
+            }
+            s += &h.ovs.diagnose();
+            s += "\n";
+        }
+        s
+    }
+
     /// Tunnel ports on `host`, by name.
     pub fn tunnels(&self, host: usize) -> Result<Vec<String>> {
         Ok(self.hosts[host]

@@ -9,6 +9,7 @@ use anyhow::Result;
 use crate::netns::Netns;
 
 pub const FABRIC_IP: &str = "172.31.0.1";
+const FABRIC_MAC: &str = "02:77:66:00:00:01";
 const PREFIX: u8 = 24;
 
 pub struct Fabric {
@@ -19,7 +20,12 @@ pub struct Fabric {
 impl Fabric {
     pub fn new(label: &str) -> Result<Self> {
         let netns = Netns::new(&format!("{label}-fab"))?;
-        netns.ok(&["ip", "link", "add", "fab0", "type", "bridge"])?;
+        // A fixed address: a Linux bridge otherwise takes its ports' lowest
+        // MAC, so a host joining later can change it under the others' ARP
+        // entries and cut them off from etcd until those expire.
+        netns.ok(&[
+            "ip", "link", "add", "fab0", "address", FABRIC_MAC, "type", "bridge",
+        ])?;
         netns.ok(&[
             "ip",
             "addr",

@@ -143,6 +143,40 @@ impl Ovs {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// `ovs-appctl ARGS` against this instance's ovs-vswitchd.
+    pub fn appctl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("ovs-appctl")
+            .arg(format!(
+                "--target={}",
+                self.dir.join("ovs-vswitchd.ctl").display()
+            ))
+            .args(args)
+            .output()
+            .context("running ovs-appctl")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// What to look at when traffic through this switch fails: its datapath
+    /// flows, tunnel neighbours and listeners, and the end of its log.
+    pub fn diagnose(&self) -> String {
+        let mut s = String::new();
+        for cmd in [
+            &["dpctl/dump-flows"][..],
+            &["tnl/arp/show"],
+            &["tnl/ports/show"],
+            &["ovs/route/show"],
+        ] {
+            s += &format!("--- ovs-appctl {}\n", cmd.join(" "));
+            s += &self.appctl(cmd).unwrap_or_else(|e| e.to_string());
+            s += "\n";
+        }
+        let log = std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        s += "--- ovs-vswitchd.log (end)\n";
+        s += &lines[lines.len().saturating_sub(20)..].join("\n");
+        s
+    }
+
     /// (port name, external_ids) of every port except bridges' own.
     pub fn ports(&self) -> Result<Vec<(String, serde_json::Value)>> {
         let out = self.vsctl(&[

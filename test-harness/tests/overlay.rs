@@ -41,12 +41,9 @@ fn place(c: &Cluster, host: usize, net: &str, subnet: &str, extra: &Value, onlin
             .filter(|l| !l.contains("frame=") && !l.contains("discover"))
             .collect();
         let log = log[log.len().saturating_sub(8)..].join("\n");
-        let vs = std::fs::read_to_string(c.hosts[host].dir.path.join("ovs-vswitchd.log"))
-            .unwrap_or_default();
-        let vs: Vec<&str> = vs.lines().collect();
-        let vs = vs[vs.len().saturating_sub(25)..].join("\n");
         let ping = c.hosts[host].netns.ping(weft_harness::fabric::FABRIC_IP);
-        let log = format!("{log}\nvswitchd:\n{vs}\nping fabric: {ping}");
+        let vs = c.diagnose();
+        let log = format!("{log}\nping fabric: {ping}\n{vs}");
         panic!(
             "ADD {net} on h{host}: {} {}\nweft.log:\n{log}",
             o.stdout, o.stderr
@@ -162,7 +159,6 @@ fn tcp_50mb_across_hosts_with_default_mtu() {
 }
 
 #[test]
-#[ignore = "open: about 1 run in 5, a host loses its own underlay traffic (etcd, ping) for seconds after it gets tunnels while its peers have none back yet; see the issue 5 note"]
 fn late_host_without_agent_is_reached_after_peers_next_add() {
     let _g = serial();
     let mut c = Cluster::new("latep", 2).unwrap();
@@ -174,9 +170,20 @@ fn late_host_without_agent_is_reached_after_peers_next_add() {
     assert_eq!(c.tunnels(2).unwrap().len(), 2);
     let _n0 = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
     let _n1 = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    let why = Cluster::diagnose;
     for p in [&a, &b] {
-        assert!(p.c.netns.ping(&late.ip), "{} -> late host", p.label());
-        assert!(late.c.netns.ping(&p.ip), "late host -> {}", p.label());
+        assert!(
+            p.c.netns.ping(&late.ip),
+            "{} -> late host\n{}",
+            p.label(),
+            why(&c)
+        );
+        assert!(
+            late.c.netns.ping(&p.ip),
+            "late host -> {}\n{}",
+            p.label(),
+            why(&c)
+        );
     }
 }
 
