@@ -42,10 +42,7 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
     for net in &nets {
         if let Some(view) = registry::view(store, net, me).map_err(cni)? {
             let have = ovs.tunnel_ports(net).map_err(cni)?;
-            let sink = tunnels::sink(&view.network).name;
-            let sink_present = ovs.find_by_name(&sink).map_err(cni)?.is_some();
-            changed += overlay::reconcile(&mut ovs, bridge, net, &view, &have, sink_present)
-                .map_err(cni)?;
+            changed += overlay::reconcile(&mut ovs, bridge, net, &view, &have).map_err(cni)?;
         }
     }
     let orphans: Vec<String> = ovs

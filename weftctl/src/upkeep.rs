@@ -132,16 +132,15 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
         let ports = ovs.weft_ports().map_err(cni)?;
         ovs.remove(&ports).map_err(cni)?;
         for p in &ports {
-            let kind =
-                if p.id(tunnels::ids::TUNNEL_FOR).is_some() || p.id(tunnels::ids::SINK).is_some() {
-                    "tunnel"
-                } else if p.id(GATEWAY_FOR).is_some() {
-                    gateway::remove_rules(&p.name).map_err(cni)?;
-                    "gateway"
-                } else {
-                    nl.delete(nl.host(), &p.name).map_err(cni)?;
-                    "attachment"
-                };
+            let kind = if p.id(tunnels::ids::TUNNEL_FOR).is_some() {
+                "tunnel"
+            } else if p.id(GATEWAY_FOR).is_some() {
+                gateway::remove_rules(&p.name).map_err(cni)?;
+                "gateway"
+            } else {
+                nl.delete(nl.host(), &p.name).map_err(cni)?;
+                "attachment"
+            };
             r.add("removed", kind, p.name.clone());
         }
         if ovs.remove_own_bridge(&l.weft.bridge).map_err(cni)? {

@@ -144,14 +144,9 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     // The tunnels and the gateway are looked up in the attach transaction,
     // so reconciling them costs nothing when they are as they should be.
     let gw_name = names::gateway_port(&cfg.network);
-    let sink_name = view
-        .as_ref()
-        .map(|v| overlay::tunnels::sink(&v.network).name)
-        .unwrap_or_default();
     let extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
         .into_iter()
         .chain(plan::find_port_by_name(&gw_name))
-        .chain(plan::find_port_by_name(&sink_name))
         .collect();
     // ovs-vswitchd opens the port while we bring the container end up.
     let attaching = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra);
@@ -182,16 +177,8 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let null = serde_json::Value::Null;
     if let Some(view) = &view {
         let existing = ovs_mod::existing_tunnels(found.first().unwrap_or(&null));
-        let sink_present = found.get(2).is_some_and(weft_ovsdb::has_rows);
         let mut o = ovs.borrow_mut();
-        overlay::reconcile(
-            &mut o,
-            &cfg.bridge,
-            &cfg.network,
-            view,
-            &existing,
-            sink_present,
-        )?;
+        overlay::reconcile(&mut o, &cfg.bridge, &cfg.network, view, &existing)?;
         phase("tunnels reconciled");
     }
     let gw_exists = found.get(1).is_some_and(weft_ovsdb::has_rows);

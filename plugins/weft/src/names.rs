@@ -24,11 +24,6 @@ pub fn tunnel_port(network: &str, peer: &str) -> String {
     short_hash("wtn", &[network, peer])
 }
 
-/// The flow-based receiving port for one tunnel type and UDP port: "wts" + 12 hex.
-pub fn tunnel_sink(what: &str) -> String {
-    short_hash("wts", &[what])
-}
-
 /// The network's gateway port on this host: "wgw" + 12 hex digits.
 pub fn gateway_port(network: &str) -> String {
     short_hash("wgw", &[network])

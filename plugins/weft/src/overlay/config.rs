@@ -9,8 +9,8 @@ use weft_cni::{Error, Result};
 use weft_ipam::config::{parse_etcd, Etcd};
 
 /// VNIs double as the network's VLAN tag on every host's bridge, so they
-/// live in the VLAN range; 4094 is kept for the tunnel sink.
-pub const MAX_VNI: u32 = 4093;
+/// live in the VLAN range.
+pub const MAX_VNI: u32 = 4094;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -231,7 +231,7 @@ mod tests {
             (json!({"tunnel": {"type": "gre", "port": 1}}), "tunnel.port"),
             (json!({"vni": 0}), "vni"),
             (json!({"vni": 5000}), "vni"),
-            (json!({"vni": 4094}), "vni"),
+            (json!({"vni": 4095}), "vni"),
             (json!({"vni": "7"}), "vni"),
             (json!({"node": {"name": "a/b"}}), "node.name"),
             (json!({"node": {"underlayIP": "x"}}), "node.underlayIP"),

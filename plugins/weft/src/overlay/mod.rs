@@ -54,13 +54,9 @@ pub fn reconcile(
     net: &str,
     view: &View,
     existing: &[tunnels::Existing],
-    sink_present: bool,
 ) -> Result<usize> {
     let want = tunnels::desired(net, &view.network, &view.peers);
     let mut plan = tunnels::plan(&want, existing);
-    if !sink_present {
-        plan.add.push(tunnels::sink(&view.network));
-    }
     for _ in 0..3 {
         if plan.is_empty() {
             return Ok(0);

@@ -16,7 +16,6 @@ use crate::names;
 /// the Interface table.
 pub mod ids {
     pub const TUNNEL_FOR: &str = "weft.tunnel_for";
-    pub const SINK: &str = "weft.tunnel_sink";
     pub const PEER: &str = "weft.peer";
     pub const SPEC: &str = "weft.tunnel";
 }
@@ -76,38 +75,6 @@ pub fn desired(net: &str, rec: &NetworkRecord, peers: &[NodeRecord]) -> Vec<Tunn
             }
         })
         .collect()
-}
-
-/// The VLAN of the sink: no network uses it, so nothing is delivered there.
-pub const SINK_TAG: u32 = 4094;
-
-/// A flow-based port (`remote_ip=flow`, `key=flow`) that takes in tunnel
-/// packets from peers this host has no port for yet. Without it, OVS's
-/// userspace datapath answers such a packet with a drop flow broad enough to
-/// cut off the host's own traffic on the underlay for a while. It sits on an
-/// unused VLAN, protected, so nothing is delivered to or sent out of it.
-pub fn sink(rec: &NetworkRecord) -> PortSpec {
-    let what = format!(
-        "{}/{}",
-        rec.tunnel.as_str(),
-        rec.port.map(|x| x.to_string()).unwrap_or_default()
-    );
-    let mut options = vec![
-        ("remote_ip".to_string(), "flow".to_string()),
-        ("key".to_string(), "flow".to_string()),
-    ];
-    if let Some(port) = rec.port {
-        options.push(("dst_port".to_string(), port.to_string()));
-    }
-    PortSpec {
-        name: names::tunnel_sink(&what),
-        kind: rec.tunnel.as_str().to_string(),
-        options,
-        tag: Some(SINK_TAG),
-        protected: true,
-        external_ids: vec![(ids::SINK.into(), what)],
-        ..Default::default()
-    }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -197,22 +164,6 @@ mod tests {
         };
         let g = desired("blue", &gre, &[peer("b", "10.0.0.3")]);
         assert!(!g[0].port.options.iter().any(|(k, _)| k == "dst_port"));
-    }
-
-    #[test]
-    fn sink_is_flow_based_on_its_own_vlan() {
-        let s = sink(&rec());
-        assert!(s.options.contains(&("remote_ip".into(), "flow".into())));
-        assert!(s.options.contains(&("key".into(), "flow".into())));
-        assert_eq!(s.tag, Some(SINK_TAG));
-        assert!(SINK_TAG > crate::overlay::config::MAX_VNI);
-        assert_eq!(s.name, sink(&NetworkRecord { vni: 9, ..rec() }).name);
-        let gre = NetworkRecord {
-            tunnel: TunnelKind::Gre,
-            port: None,
-            ..rec()
-        };
-        assert_ne!(sink(&gre).name, s.name);
     }
 
     #[test]
