@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,9 +18,11 @@ use crate::cleanup::{self, Resource, Token};
 use crate::etcd::Etcd;
 use crate::fabric::Fabric;
 use crate::host::Host;
-use crate::runtime::{plugin_bin, Network};
+use crate::runtime::{plugin_bin, Attach, Network};
 
 pub const UNDERLAY_BRIDGE: &str = "br-underlay";
+/// The host's end of its fabric veth, the underlay bridge's uplink.
+pub const UNDERLAY_PORT: &str = crate::fabric::HOST_END;
 
 /// `weftctl agent` running on a host; stopped (SIGTERM, so it gives up its
 /// lease) when dropped.
@@ -92,10 +95,10 @@ impl Cluster {
             "--",
             "add-port",
             UNDERLAY_BRIDGE,
-            "underlay0",
+            UNDERLAY_PORT,
         ])?;
         host.netns
-            .ok(&["ip", "addr", "flush", "dev", "underlay0"])?;
+            .ok(&["ip", "addr", "flush", "dev", UNDERLAY_PORT])?;
         host.netns.ok(&[
             "ip",
             "addr",
@@ -245,11 +248,79 @@ pub struct Placed {
     pub net: String,
     pub ip: String,
     pub c: crate::host::Container,
+    /// The conflist it was added with and the ADD result, for DEL.
+    pub conf: Network,
+    pub result: Value,
 }
 
 impl Placed {
     pub fn label(&self) -> String {
         format!("h{}/{}", self.host, self.net)
+    }
+}
+
+impl Cluster {
+    /// Starts a container on `host` and ADDs it to `net` as a runtime would.
+    /// With `onlink`, the container also gets an on-link route for all of
+    /// 10/8, so a frame that leaked between networks would be answered:
+    /// isolation is then L2's doing alone. A refused ADD is an error that
+    /// carries weft's log and the cluster's state.
+    pub fn place(
+        &self,
+        host: usize,
+        net: &str,
+        subnet: &str,
+        extra: &Value,
+        onlink: bool,
+    ) -> Result<Placed> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let conf = self.network(host, net, subnet, extra.clone());
+        let k = N.fetch_add(1, Ordering::Relaxed);
+        let c = crate::host::Container::new(&format!("c{host}{net}{k}"))?;
+        let result = match conf.add(&self.hosts[host], &c, "eth0", &Attach::default())? {
+            Ok(r) => r,
+            Err(o) => {
+                let log = std::fs::read_to_string(self.hosts[host].dir.path.join("weft.log"))
+                    .unwrap_or_default();
+                let log: Vec<&str> = log.lines().collect();
+                bail!(
+                    "ADD {net} on h{host}: {} {}\nweft.log (end):\n{}\nping fabric: {}\n{}",
+                    o.stdout,
+                    o.stderr,
+                    log[log.len().saturating_sub(8)..].join("\n"),
+                    self.hosts[host].netns.ping(crate::fabric::FABRIC_IP),
+                    self.diagnose()
+                )
+            }
+        };
+        let ip = crate::runtime::first_address(&result).context("ADD result has no address")?;
+        if onlink {
+            c.netns
+                .ok(&["ip", "route", "add", "10.0.0.0/8", "dev", "eth0"])?;
+        }
+        Ok(Placed {
+            host,
+            net: net.into(),
+            ip,
+            c,
+            conf,
+            result,
+        })
+    }
+
+    /// DELs a placed container as a runtime would.
+    pub fn remove(&self, p: &Placed) -> Result<()> {
+        let out = p.conf.del(
+            &self.hosts[p.host],
+            &p.c.id,
+            Some(p.c.path()),
+            "eth0",
+            Some(&p.result),
+        )?;
+        if !out.success {
+            bail!("DEL {} on h{}: {}", p.net, p.host, out.stdout.trim());
+        }
+        Ok(())
     }
 }
 

@@ -1,109 +1,232 @@
 #![allow(clippy::print_stdout)]
-//! The README's demo: two containers on one simulated host, plugged into Open
-//! vSwitch by weft, pinging each other; then DEL and a check that nothing is left.
+//! The README's demo: three simulated hosts, two networks, containers on
+//! each; who reaches whom across hosts; a fourth host joining late and
+//! leaving; then clean-up, with a check that nothing is left anywhere.
 
-use anyhow::{bail, Result};
-use serde_json::json;
+use std::time::{Duration, Instant};
 
-use crate::host::{Container, Host};
-use crate::runtime::{weft_plugin, Attach, Network};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 
-fn addr(result: &serde_json::Value) -> String {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap_or("?")
-        .to_string()
+use crate::cluster::{reach_matrix, render_matrix, Cluster, Placed, UNDERLAY_PORT};
+
+const NETS: [(&str, &str); 2] = [("blue", "10.250.0.0/16"), ("red", "10.251.0.0/16")];
+/// The agents' lease: short, so a host that leaves is seen to leave.
+const LEASE_S: u32 = 2;
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Prints `weftctl ARGS` as run on `host`, indented.
+fn weftctl(c: &Cluster, host: usize, args: &[&str]) -> Result<String> {
+    let conf = c.network(host, NETS[0].0, NETS[0].1, json!({}));
+    let out = c.weftctl(host, &conf, args)?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("h{host}$ weftctl {}", args.join(" "));
+    for line in text.lines() {
+        println!("    {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "weftctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// The matrix, printed, and an error if any cell is not what isolation
+/// promises: same network reachable, other network not.
+fn show_matrix(placed: &[Placed]) -> Result<()> {
+    let m = reach_matrix(placed)?;
+    println!("{}", render_matrix(placed, &m));
+    let mut wrong = Vec::new();
+    for (i, a) in placed.iter().enumerate() {
+        for (j, b) in placed.iter().enumerate() {
+            if i != j && m[i][j] != (a.net == b.net) {
+                wrong.push(format!("{} -> {}", a.label(), b.label()));
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("unexpected reachability: {}", wrong.join(", "));
+    }
+    println!("Every cell as expected: same network reachable across hosts, other network never.\n");
+    Ok(())
+}
+
+fn place(c: &Cluster, host: usize, (net, subnet): (&str, &str)) -> Result<Placed> {
+    let start = Instant::now();
+    // On-link for all of 10/8: a frame leaking between networks would be
+    // answered, so "no" in the matrix is the overlay's isolation alone.
+    let p = c.place(host, net, subnet, &json!({}), true)?;
+    println!(
+        "  ADD on h{host}: container {:<22} network {net:<4}  eth0 {:<14} ({})",
+        p.c.id,
+        p.ip,
+        ms(start.elapsed())
+    );
+    Ok(p)
 }
 
 pub fn run() -> Result<()> {
     crate::require_root();
-    println!("== weft demo: two containers on one host, switched by Open vSwitch ==\n");
-    let host = Host::new("demo")?;
+    println!("== weft demo: containers on three hosts, two isolated networks ==\n");
+    let mut c = Cluster::new("demo", 3)?;
     println!(
-        "Simulated host: network namespace {} with its own ovsdb-server and ovs-vswitchd",
-        host.netns.name
+        "Simulated: an underlay (namespace {}, 172.31.0.0/24) with etcd at {},",
+        c.fabric.netns.name,
+        c.etcd.endpoints()[0]
     );
-    println!(
-        "  (OVS socket {}, datapath chosen automatically)\n",
-        host.db_sock().display()
-    );
-
-    let mut plugin = weft_plugin(&host, "10.244.0.0/24");
-    plugin.as_object_mut().map(|m| m.remove("logLevel"));
-    let net = Network::new(json!({"cniVersion": "1.1.0", "name": "blue", "plugins": [plugin]}))?;
-    println!("Network config (what you would put in /etc/cni/net.d/10-blue.conflist):");
-    println!("{}\n", serde_json::to_string_pretty(&net.conflist)?);
-
-    let red = Container::new("red")?;
-    let green = Container::new("green")?;
-    let mut results = Vec::new();
-    for (label, c) in [("red", &red), ("green", &green)] {
-        let (r, took) = net.add_timed(&host, c, "eth0", &Attach::default())?;
-        let r = match r {
-            Ok(r) => r,
-            Err(out) => bail!("ADD {label} failed: {}", out.stdout),
-        };
+    for (i, h) in c.hosts.iter().enumerate() {
         println!(
-            "ADD {label:<5} container {}  ->  eth0 {}  mac {}  host port {} on br-weft   ({:.1} ms)",
-            c.id,
-            addr(&r),
-            r["interfaces"][1]["mac"].as_str().unwrap_or("?"),
-            r["interfaces"][0]["name"].as_str().unwrap_or("?"),
-            took.as_secs_f64() * 1000.0
-        );
-        results.push(r);
-    }
-
-    println!("\nOVS now has these ports on br-weft (found again by their external_ids):");
-    for (name, ids) in host.ovs.ports()? {
-        let ids = crate::runtime::flatten_ids(&ids);
-        println!(
-            "  {name}  container={}  ifname={}",
-            ids.get("weft.container_id").map_or("?", |s| s),
-            ids.get("weft.ifname").map_or("?", |s| s)
+            "  h{i}: namespace {} with its own ovsdb-server and ovs-vswitchd, underlay {}",
+            h.netns.name, c.underlay_ips[i]
         );
     }
 
-    for ((from, c), to) in [("red", &red), ("green", &green)]
-        .into_iter()
-        .zip([&results[1], &results[0]])
-    {
-        let target = crate::runtime::first_address(to).unwrap_or_default();
-        println!("\n{from}$ ping -c 3 {target}");
-        let out = c.netns.exec(&["ping", "-c", "3", "-i", "0.2", &target])?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+    let conf = c.network(0, NETS[0].0, NETS[0].1, json!({}));
+    let mut shown = conf.conflist.clone();
+    if let Some(p) = shown["plugins"][0].as_object_mut() {
+        for k in ["ovsdbSocket", "logFile", "logLevel", "node"] {
+            p.remove(k);
+        }
+        p["ipam"].as_object_mut().map(|m| m.remove("dataDir"));
+    }
+    println!(
+        "\nEvery host uses the same conflist; this is blue's (red differs in name and subnet):"
+    );
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    println!(
+        "(The harness adds only the OVS socket, node name and log file per host, because its\n\
+         hosts share one filesystem and hostname. Real hosts need none of them.)\n"
+    );
+
+    println!(
+        "Starting `weftctl agent` on each host (etcd lease {LEASE_S} s, watches the registry):"
+    );
+    let mut agents = Vec::new();
+    for h in 0..3 {
+        let conf = c.network(h, NETS[0].0, NETS[0].1, json!({}));
+        agents.push(c.start_agent(h, &conf, LEASE_S)?);
+        println!("  h{h}: agent pid {}", agents[h].pid().unwrap_or(0));
+    }
+
+    println!(
+        "\nA blue and a red container on every host (weft and weft-ipam exec'd as a runtime does):"
+    );
+    let mut placed = Vec::new();
+    for h in 0..3 {
+        for net in NETS {
+            placed.push(place(&c, h, net)?);
+        }
+    }
+    for h in 0..3 {
+        c.wait_tunnels(h, 4, Duration::from_secs(5))?;
+    }
+    println!();
+    weftctl(&c, 0, &["nodes"])?;
+    weftctl(&c, 0, &["networks"])?;
+    weftctl(&c, 0, &["tunnels"])?;
+
+    println!("\nWho reaches whom (ping from row to column, all at once):");
+    show_matrix(&placed)?;
+
+    println!(
+        "A fourth host joins: it starts its agent and its first container, nothing else changes."
+    );
+    let late = c.add_host()?;
+    let conf = c.network(late, NETS[0].0, NETS[0].1, json!({}));
+    let late_agent = c.start_agent(late, &conf, LEASE_S)?;
+    let newcomer = place(&c, late, NETS[0])?;
+    let took = c.wait_tunnels(0, 5, Duration::from_secs(5))?;
+    println!(
+        "  h0 had a tunnel to h{late} {} after h{late}'s ADD returned (its agent saw the registry change)",
+        ms(took)
+    );
+    placed.push(newcomer);
+    show_matrix(&placed)?;
+
+    println!(
+        "h{late} leaves: its container is deleted and its agent stopped (which gives up its lease)."
+    );
+    let gone = placed.pop().context("the newcomer")?;
+    c.remove(&gone)?;
+    drop(gone);
+    let start = Instant::now();
+    drop(late_agent);
+    c.wait_tunnels(0, 4, Duration::from_secs(5))?;
+    println!(
+        "  h0 dropped its tunnel to h{late} {} after the agent was told to stop",
+        ms(start.elapsed())
+    );
+    println!("  `weftctl cleanup` then removes what weft made on h{late}:");
+    weftctl(&c, late, &["cleanup"])?;
+    println!();
+
+    println!(
+        "Clean-up: DEL every container, stop the agents, then `weftctl cleanup` on every host."
+    );
+    for p in &placed {
+        c.remove(p)?;
+    }
+    let conts = placed.len();
+    drop(placed);
+    println!("  {conts} containers deleted");
+    drop(agents);
+    for h in 0..3 {
+        let conf = c.network(h, NETS[0].0, NETS[0].1, json!({}));
+        let out = c.weftctl(h, &conf, &["cleanup", "--json"])?;
         if !out.status.success() {
-            bail!("{from} cannot reach {target}");
+            bail!("cleanup on h{h}: {}", String::from_utf8_lossy(&out.stderr));
         }
-    }
-
-    let check = net.check(&host, &red, "eth0", &results[0])?;
-    println!(
-        "\nCHECK red: {}",
-        if check.success {
-            "ok".to_string()
-        } else {
-            check.stdout.clone()
-        }
-    );
-
-    for (label, c, r) in [("red", &red, &results[0]), ("green", &green, &results[1])] {
-        let out = net.del(&host, &c.id, Some(c.path()), "eth0", Some(r))?;
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         println!(
-            "DEL {label}: {}",
-            if out.success { "ok" } else { out.stdout.trim() }
+            "  h{h}: weftctl cleanup: {} items removed or released",
+            v.as_array().map_or(0, Vec::len)
         );
     }
-    let (links, ports, ips) = (
-        host.weft_links()?.len(),
-        host.ovs.ports()?.len(),
-        host.ipam_reservations("blue").len(),
+    let mut left = Vec::new();
+    for (i, h) in c.hosts.iter().enumerate() {
+        let ports = h
+            .ovs
+            .ports()?
+            .iter()
+            .filter(|(name, _)| name != UNDERLAY_PORT)
+            .count();
+        let links = h.weft_links()?.len();
+        if ports + links > 0 {
+            left.push(format!("h{i}: {ports} OVS ports, {links} veths"));
+        }
+    }
+    let nodes = c.weftctl(0, &conf, &["nodes", "--json"])?;
+    let nodes: Value = serde_json::from_slice(&nodes.stdout).unwrap_or(Value::Null);
+    let n = nodes.as_array().map_or(0, Vec::len);
+    if n > 0 {
+        left.push(format!("{n} nodes still registered"));
+    }
+    for (net, _) in NETS {
+        let ips = c.weftctl(0, &conf, &["ips", net, "--json"])?;
+        let ips: Value = serde_json::from_slice(&ips.stdout).unwrap_or(Value::Null);
+        let a = ips["allocations"].as_array().map_or(0, Vec::len);
+        if a > 0 {
+            left.push(format!("{a} addresses still held in {net}"));
+        }
+    }
+    println!(
+        "  Left behind: {}",
+        if left.is_empty() {
+            "nothing (no ports, veths, registrations or addresses)".to_string()
+        } else {
+            left.join("; ")
+        }
     );
-    println!("\nLeft behind on the host: {links} veths, {ports} OVS ports, {ips} IP reservations");
-    println!("Tearing down the simulated host (namespaces, OVS processes, temp dirs)...");
-    drop((red, green, host));
+    println!("Tearing down the simulated hosts, etcd and the underlay...");
+    drop(c);
     println!("Done.");
-    if links + ports + ips > 0 {
+    if !left.is_empty() {
         bail!("something was left behind");
     }
     Ok(())

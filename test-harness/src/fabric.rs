@@ -9,6 +9,8 @@ use anyhow::Result;
 use crate::netns::Netns;
 
 pub const FABRIC_IP: &str = "172.31.0.1";
+/// The name of each host's end of its veth into the fabric.
+pub const HOST_END: &str = "underlay0";
 const FABRIC_MAC: &str = "02:77:66:00:00:01";
 const PREFIX: u8 = 24;
 
@@ -45,7 +47,7 @@ impl Fabric {
     pub fn attach(&self, ns: &Netns) -> Result<String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let ip = format!("172.31.0.{n}");
-        let (outer, inner) = (format!("fab{n}"), "underlay0");
+        let (outer, inner) = (format!("fab{n}"), HOST_END);
         self.netns.ok(&[
             "ip", "link", "add", &outer, "type", "veth", "peer", "name", inner, "netns", &ns.name,
         ])?;

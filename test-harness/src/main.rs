@@ -12,7 +12,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Two containers on one simulated host, pinging each other through OVS.
+    /// Three simulated hosts, two networks: who reaches whom, a late host, clean-up.
     Demo,
     /// ADD/DEL latency of weft against the reference bridge plugin, side by side.
     Bench {

@@ -22,45 +22,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 const NETS: [(&str, &str); 2] = [("blue", "10.250.0.0/16"), ("red", "10.251.0.0/16")];
 
-/// Attaches a container to `net` on `host`; with `onlink`, the container
-/// also gets an on-link route for all of 10/8, so a frame that leaked
-/// between networks would be answered: isolation is then L2's doing alone.
 fn place(c: &Cluster, host: usize, net: &str, subnet: &str, extra: &Value, onlink: bool) -> Placed {
-    let n = c.network(host, net, subnet, extra.clone());
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let ctr = Container::new(&format!("c{host}{net}{k}")).unwrap();
-    let r = n
-        .add(&c.hosts[host], &ctr, "eth0", &Attach::default())
-        .unwrap();
-    let r = r.unwrap_or_else(|o| {
-        let log =
-            std::fs::read_to_string(c.hosts[host].dir.path.join("weft.log")).unwrap_or_default();
-        let log: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("frame=") && !l.contains("discover"))
-            .collect();
-        let log = log[log.len().saturating_sub(8)..].join("\n");
-        let ping = c.hosts[host].netns.ping(weft_harness::fabric::FABRIC_IP);
-        let vs = c.diagnose();
-        let log = format!("{log}\nping fabric: {ping}\n{vs}");
-        panic!(
-            "ADD {net} on h{host}: {} {}\nweft.log:\n{log}",
-            o.stdout, o.stderr
-        )
-    });
-    let ip = weft_harness::runtime::first_address(&r).unwrap();
-    if onlink {
-        ctr.netns
-            .ok(&["ip", "route", "add", "10.0.0.0/8", "dev", "eth0"])
-            .unwrap();
-    }
-    Placed {
-        host,
-        net: net.into(),
-        ip,
-        c: ctr,
-    }
+    c.place(host, net, subnet, extra, onlink)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn expect_matrix(placed: &[Placed]) {
