@@ -63,7 +63,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(label: &str, hosts: usize) -> Result<Self> {
-        let fabric = Fabric::new(label)?;
+        Self::with_underlay_mtu(label, hosts, 1500)
+    }
+
+    /// A cluster whose underlay links have `mtu`.
+    pub fn with_underlay_mtu(label: &str, hosts: usize, mtu: u32) -> Result<Self> {
+        let fabric = Fabric::with_mtu(label, mtu)?;
         let etcd = Etcd::start(&fabric.netns, 1, None)?;
         let mut c = Cluster {
             label: label.to_string(),
@@ -117,6 +122,13 @@ impl Cluster {
         self.hosts.push(host);
         self.underlay_ips.push(ip);
         Ok(i)
+    }
+
+    /// Takes the newest host off the fabric and tears it down (its OVS, its
+    /// namespace and with it its end of the fabric veth).
+    pub fn remove_last_host(&mut self) {
+        self.underlay_ips.pop();
+        self.hosts.pop();
     }
 
     /// The conflist every host uses for network `name`. Only the OVS socket
@@ -273,11 +285,24 @@ impl Cluster {
         extra: &Value,
         onlink: bool,
     ) -> Result<Placed> {
+        self.place_with(host, net, subnet, extra, onlink, &Attach::default())
+    }
+
+    /// [`Cluster::place`] with CNI_ARGS or runtime config.
+    pub fn place_with(
+        &self,
+        host: usize,
+        net: &str,
+        subnet: &str,
+        extra: &Value,
+        onlink: bool,
+        attach: &Attach,
+    ) -> Result<Placed> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let conf = self.network(host, net, subnet, extra.clone());
         let k = N.fetch_add(1, Ordering::Relaxed);
         let c = crate::host::Container::new(&format!("c{host}{net}{k}"))?;
-        let result = match conf.add(&self.hosts[host], &c, "eth0", &Attach::default())? {
+        let result = match conf.add(&self.hosts[host], &c, "eth0", attach)? {
             Ok(r) => r,
             Err(o) => {
                 let log = std::fs::read_to_string(self.hosts[host].dir.path.join("weft.log"))

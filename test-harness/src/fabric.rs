@@ -17,10 +17,16 @@ const PREFIX: u8 = 24;
 pub struct Fabric {
     pub netns: Netns,
     next: AtomicU32,
+    mtu: u32,
 }
 
 impl Fabric {
     pub fn new(label: &str) -> Result<Self> {
+        Self::with_mtu(label, 1500)
+    }
+
+    /// An underlay whose links all have `mtu` (9000: jumbo frames).
+    pub fn with_mtu(label: &str, mtu: u32) -> Result<Self> {
         let netns = Netns::new(&format!("{label}-fab"))?;
         // A fixed address: a Linux bridge otherwise takes its ports' lowest
         // MAC, so a host joining later can change it under the others' ARP
@@ -40,6 +46,7 @@ impl Fabric {
         Ok(Fabric {
             netns,
             next: AtomicU32::new(10),
+            mtu,
         })
     }
 
@@ -51,6 +58,9 @@ impl Fabric {
         self.netns.ok(&[
             "ip", "link", "add", &outer, "type", "veth", "peer", "name", inner, "netns", &ns.name,
         ])?;
+        let mtu = self.mtu.to_string();
+        self.netns.ok(&["ip", "link", "set", &outer, "mtu", &mtu])?;
+        ns.ok(&["ip", "link", "set", inner, "mtu", &mtu])?;
         self.netns
             .ok(&["ip", "link", "set", &outer, "master", "fab0", "up"])?;
         // Complete checksums toward the host: a host whose underlay is in

@@ -151,6 +151,49 @@ fn late_host_without_agent_is_reached_after_peers_next_add() {
     }
 }
 
+/// An address released on one host and handed out again on another: a peer
+/// that still maps it to the old MAC must learn the new one from the
+/// container's gratuitous ARP, not after its neighbour entry expires.
+#[test]
+fn reused_address_on_another_host_is_reached_at_once() {
+    let _g = serial();
+    let c = Cluster::new("reuse", 3).unwrap();
+    let _agents: Vec<_> = (0..3)
+        .map(|h| {
+            c.start_agent(h, &c.network(h, "blue", NETS[0].1, json!({})), 2)
+                .unwrap()
+        })
+        .collect();
+    let p0 = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let ip = "10.250.200.7";
+    let args = format!("IgnoreUnknown=1;IP={ip}");
+    let with_ip = Attach {
+        args: Some(&args),
+        ..Attach::default()
+    };
+    let old = c
+        .place_with(1, "blue", NETS[0].1, &json!({}), false, &with_ip)
+        .unwrap();
+    assert_eq!(old.ip, ip);
+    assert!(p0.c.netns.ping(ip), "before the move");
+    c.remove(&old).unwrap();
+    drop(old);
+    let new = c
+        .place_with(2, "blue", NETS[0].1, &json!({}), false, &with_ip)
+        .unwrap();
+    assert_eq!(new.ip, ip);
+    // p0's entry for the address still holds the old MAC and is fresh.
+    let reached =
+        p0.c.netns
+            .exec(&["ping", "-n", "-q", "-c", "1", "-w", "2", "-i", "0.02", ip])
+            .unwrap();
+    assert!(
+        reached.status.success(),
+        "the new holder was not reached within 2 s; p0's neighbours: {}",
+        p0.c.netns.ok(&["ip", "neigh"]).unwrap_or_default()
+    );
+}
+
 #[test]
 fn late_host_with_agent_joins_and_leaves_within_a_second() {
     let _g = serial();

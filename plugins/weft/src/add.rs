@@ -22,7 +22,7 @@ use crate::overlay::tunnels::ids::TUNNEL_FOR;
 use crate::overlay::{self, underlay};
 use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;
-use crate::{ethtool, netns};
+use crate::{ethtool, garp, netns};
 
 pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let t0 = *crate::STARTED.get_or_init(std::time::Instant::now);
@@ -260,6 +260,21 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     }
 
     phase("addresses and routes set");
+    let v4: Vec<_> = ipam
+        .ips
+        .iter()
+        .filter_map(|ip| match ip.address.addr() {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    // Best effort: the address works without it, peers just learn later.
+    if let Some(mac) = link.mac.as_deref().and_then(garp::parse_mac) {
+        let remote_peers = view.is_some();
+        if let Err(e) = garp::announce(&container_ns, link.index, mac, &v4, remote_peers) {
+            tracing::warn!(error = %e, "gratuitous ARP not sent");
+        }
+    }
     let result = CniResult {
         interfaces: vec![
             Interface {

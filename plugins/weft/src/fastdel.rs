@@ -80,7 +80,7 @@ fn child(sock: RawFd, request: &[u8], devnull: RawFd, report: RawFd) -> ! {
 }
 
 /// Closes every fd above stdio except `a` and `b`; async-signal-safe.
-unsafe fn close_all_but(a: RawFd, b: RawFd) {
+pub(crate) unsafe fn close_all_but(a: RawFd, b: RawFd) {
     let (lo, hi) = (a.min(b) as u32, a.max(b) as u32);
     let ranges = [
         (3u32, lo.wrapping_sub(1)),

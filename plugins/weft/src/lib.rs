@@ -9,6 +9,7 @@ pub mod config;
 pub mod del;
 pub mod ethtool;
 pub mod fastdel;
+pub mod garp;
 pub mod gc;
 pub mod link;
 pub mod names;

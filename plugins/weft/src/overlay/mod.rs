@@ -63,6 +63,7 @@ pub fn reconcile(
         }
         let n = plan.add.len() + plan.remove.len();
         if ovs.change_ports(bridge, &plan.add, &plan.remove)? {
+            prime_neighbours(&plan.add);
             tracing::info!(
                 network = net,
                 added = plan.add.len(),
@@ -75,4 +76,25 @@ pub fn reconcile(
         plan = tunnels::plan(&want, &ovs.tunnel_ports(net)?);
     }
     Ok(0)
+}
+
+/// Port 9 (discard): nothing answers but an ICMP error.
+const DISCARD_PORT: u16 = 9;
+
+/// OVS's userspace datapath drops a tunnel packet whose peer's underlay MAC
+/// it has not resolved yet (the kernel datapath queues it instead), and an
+/// ARP that is dropped is only retried a second later. One datagram to each
+/// new peer makes this host resolve it now; OVS learns the answer from the
+/// reply it forwards, so the first packet on a new path is not lost.
+fn prime_neighbours(added: &[weft_ovsdb::plan::PortSpec]) {
+    let peers = added
+        .iter()
+        .filter_map(|p| p.options.iter().find(|(k, _)| k == "remote_ip"))
+        .filter_map(|(_, v)| v.parse::<std::net::IpAddr>().ok());
+    for ip in peers {
+        let any = if ip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        if let Ok(s) = std::net::UdpSocket::bind(any) {
+            let _ = s.send_to(b"weft", (ip, DISCARD_PORT));
+        }
+    }
 }

@@ -1,0 +1,172 @@
+//! A gratuitous ARP from the container once its address is set, as any host
+//! sends when it takes an address. weft-ipam hands a released address out
+//! again, possibly on another host; peers that still map it to the earlier
+//! holder's MAC then correct the entry at once instead of after their
+//! neighbour entry expires (up to a minute of silence).
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::unistd::{fork, ForkResult};
+
+use weft_cni::{error, Error, Result};
+
+use crate::netns;
+
+const ETH_P_ARP: u16 = 0x0806;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// The frame: an ARP request for our own address (sender = target), which
+/// every Linux peer applies to an entry it already has.
+pub fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&BROADCAST);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&ip.octets());
+    f[38..42].copy_from_slice(&ip.octets());
+    f
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// When peers' tunnels back to this host may still be in the making (an
+/// agent builds them tens of milliseconds after our ADD returns), a forked
+/// child repeats the announcement at these delays after the first.
+const AGAIN_AFTER_MS: [u64; 4] = [25, 100, 400, 1500];
+
+/// Sends one gratuitous ARP per address out of `ifindex` in the namespace
+/// `ns`; with `again`, leaves a child that repeats them (see above).
+pub fn announce(
+    ns: &File,
+    ifindex: u32,
+    mac: [u8; 6],
+    ips: &[Ipv4Addr],
+    again: bool,
+) -> Result<()> {
+    if ips.is_empty() {
+        return Ok(());
+    }
+    let fail = |what: &str, e: std::io::Error| {
+        Error::new(error::NETLINK_FAILURE, what.to_string()).with_details(e)
+    };
+    // A packet socket sends in the namespace it was made in.
+    let sock = netns::run_in(ns, || {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(fail(
+                "cannot open a packet socket",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })?;
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = ETH_P_ARP.to_be();
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&BROADCAST);
+    let frames: Vec<[u8; 42]> = ips.iter().map(|ip| frame(mac, *ip)).collect();
+    if !send_all(sock.as_raw_fd(), &to, &frames) {
+        return Err(fail(
+            "cannot send a gratuitous ARP",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if again {
+        repeat_in_child(&sock, &to, &frames)?;
+    }
+    Ok(())
+}
+
+/// Async-signal-safe: also runs in the forked child.
+fn send_all(sock: RawFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> bool {
+    frames.iter().all(|f| {
+        // SAFETY: the buffer and address outlive the call; lengths match them.
+        let n = unsafe {
+            libc::sendto(
+                sock,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                std::ptr::from_ref(to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        n >= 0
+    })
+}
+
+fn repeat_in_child(sock: &OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> Result<()> {
+    let devnull = std::fs::File::open("/dev/null")
+        .map_err(|e| Error::unexpected("cannot open /dev/null").with_details(e))?;
+    let (fd, null) = (sock.as_raw_fd(), devnull.as_raw_fd());
+    // SAFETY: the child makes only async-signal-safe calls, on fds and
+    // buffers set up before the fork, then _exits.
+    match unsafe { fork() }.map_err(|e| Error::unexpected("fork").with_details(e))? {
+        ForkResult::Parent { .. } => Ok(()),
+        ForkResult::Child => unsafe {
+            // The runtime reads our stdout until EOF; the child must not hold it open.
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            crate::fastdel::close_all_but(fd, fd);
+            let mut before = 0;
+            for ms in AGAIN_AFTER_MS {
+                let wait = libc::timespec {
+                    tv_sec: ((ms - before) / 1000) as libc::time_t,
+                    tv_nsec: (((ms - before) % 1000) * 1_000_000) as libc::c_long,
+                };
+                libc::nanosleep(&wait, std::ptr::null_mut());
+                before = ms;
+                // The container may be gone already; then there is no one to tell.
+                if !send_all(fd, to, frames) {
+                    break;
+                }
+            }
+            libc::_exit(0)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_an_arp_request_for_our_own_address() {
+        let mac = [2, 0, 0, 0, 0, 7];
+        let f = frame(mac, Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[8, 6]);
+        assert_eq!(&f[20..22], &[0, 1], "request");
+        assert_eq!(&f[22..28], &mac, "sender MAC");
+        assert_eq!(&f[28..32], &[10, 1, 2, 3], "sender IP");
+        assert_eq!(&f[32..38], &[0; 6], "target MAC unknown");
+        assert_eq!(&f[38..42], &[10, 1, 2, 3], "target IP = sender IP");
+    }
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    }
+}
