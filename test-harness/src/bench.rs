@@ -17,18 +17,23 @@ use crate::runtime::{weft_ipam_conf, weft_plugin, Attach, Network};
 pub struct Stats {
     pub median: Duration,
     pub p95: Duration,
+    pub p99: Duration,
+    pub max: Duration,
 }
 
+/// Nearest-rank quantiles; `samples` must not be empty.
 pub fn stats(samples: &mut [Duration]) -> Stats {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     Stats {
         median: at(0.5),
         p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
     }
 }
 
-fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 

@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
 pub mod bench;
+pub mod bench_overlay;
 pub mod cleanup;
 pub mod cluster;
 pub mod demo;

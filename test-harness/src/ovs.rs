@@ -143,6 +143,14 @@ impl Ovs {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// (ovs-vswitchd, ovsdb-server) process ids, for memory figures.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.vswitchd.as_ref().map(|(c, _)| c.id()),
+            self.ovsdb.as_ref().map(|(c, _)| c.id()),
+        )
+    }
+
     /// `ovs-appctl ARGS` against this instance's ovs-vswitchd.
     pub fn appctl(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("ovs-appctl")
