@@ -271,7 +271,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     // Best effort: the address works without it, peers just learn later.
     if let Some(mac) = link.mac.as_deref().and_then(garp::parse_mac) {
         let remote_peers = view.is_some();
-        if let Err(e) = garp::announce(&container_ns, link.index, mac, &v4, remote_peers) {
+        if let Err(e) = garp::announce(&cont.packet, link.index, mac, &v4, remote_peers) {
             tracing::warn!(error = %e, "gratuitous ARP not sent");
         }
     }

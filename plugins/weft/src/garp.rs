@@ -4,15 +4,12 @@
 //! holder's MAC then correct the entry at once instead of after their
 //! neighbour entry expires (up to a minute of silence).
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::unistd::{fork, ForkResult};
 
 use weft_cni::{error, Error, Result};
-
-use crate::netns;
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -46,10 +43,24 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// child repeats the announcement at these delays after the first.
 const AGAIN_AFTER_MS: [u64; 4] = [25, 100, 400, 1500];
 
-/// Sends one gratuitous ARP per address out of `ifindex` in the namespace
-/// `ns`; with `again`, leaves a child that repeats them (see above).
+/// A packet socket for [`announce`]; it sends in the namespace it is made in.
+pub fn socket() -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(
+            Error::new(error::NETLINK_FAILURE, "cannot open a packet socket")
+                .with_details(std::io::Error::last_os_error()),
+        );
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one gratuitous ARP per address out of `ifindex` through `sock`
+/// (see [`socket`]); with `again`, leaves a child that repeats them.
 pub fn announce(
-    ns: &File,
+    sock: &OwnedFd,
     ifindex: u32,
     mac: [u8; 6],
     ips: &[Ipv4Addr],
@@ -58,22 +69,6 @@ pub fn announce(
     if ips.is_empty() {
         return Ok(());
     }
-    let fail = |what: &str, e: std::io::Error| {
-        Error::new(error::NETLINK_FAILURE, what.to_string()).with_details(e)
-    };
-    // A packet socket sends in the namespace it was made in.
-    let sock = netns::run_in(ns, || {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(fail(
-                "cannot open a packet socket",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    })?;
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     to.sll_family = libc::AF_PACKET as u16;
@@ -83,13 +78,13 @@ pub fn announce(
     to.sll_addr[..6].copy_from_slice(&BROADCAST);
     let frames: Vec<[u8; 42]> = ips.iter().map(|ip| frame(mac, *ip)).collect();
     if !send_all(sock.as_raw_fd(), &to, &frames) {
-        return Err(fail(
-            "cannot send a gratuitous ARP",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(
+            Error::new(error::NETLINK_FAILURE, "cannot send a gratuitous ARP")
+                .with_details(std::io::Error::last_os_error()),
+        );
     }
     if again {
-        repeat_in_child(&sock, &to, &frames)?;
+        repeat_in_child(sock, &to, &frames)?;
     }
     Ok(())
 }

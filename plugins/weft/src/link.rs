@@ -33,6 +33,8 @@ pub struct Container {
     pub ioctl: OwnedFd,
     /// For deletions that must not wait on the kernel (see `fastdel`).
     pub raw: netlink_sys::Socket,
+    /// For gratuitous ARPs (see `garp`).
+    pub packet: OwnedFd,
 }
 
 /// Facts about a link that CHECK and the result need.
@@ -78,7 +80,7 @@ impl Netlink {
     /// Opens netlink and ioctl sockets inside the namespace at `ns`.
     pub fn enter(&self, ns: &File) -> Result<Container> {
         let rt = self.rt.handle().clone();
-        let (conn, handle, ioctl, raw) = netns::run_in(ns, move || {
+        let (conn, handle, ioctl, raw, packet) = netns::run_in(ns, move || {
             let _ctx = rt.enter();
             let (conn, handle, _) = rtnetlink::new_connection()
                 .map_err(|e| nl_err("cannot open netlink in netns", e))?;
@@ -87,10 +89,16 @@ impl Netlink {
                 handle,
                 crate::ethtool::socket()?,
                 crate::fastdel::socket()?,
+                crate::garp::socket()?,
             ))
         })?;
         self.rt.spawn(conn);
-        Ok(Container { handle, ioctl, raw })
+        Ok(Container {
+            handle,
+            ioctl,
+            raw,
+            packet,
+        })
     }
 
     fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
