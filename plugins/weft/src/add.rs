@@ -72,7 +72,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         }
         _ => None,
     };
-    let cont = nl.enter(&container_ns)?;
+    let mut cont = nl.enter(&container_ns, true)?;
     let ovs = RefCell::new(Ovs::connect(&cfg.ovsdb_socket)?);
     let mut undo = Undo::new();
     phase("ipam started, connected");
@@ -269,9 +269,10 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         })
         .collect();
     // Best effort: the address works without it, peers just learn later.
-    if let Some(mac) = link.mac.as_deref().and_then(garp::parse_mac) {
+    let mac = link.mac.as_deref().and_then(garp::parse_mac);
+    if let (Some(mac), Some(sock)) = (mac, cont.packet.take()) {
         let remote_peers = view.is_some();
-        if let Err(e) = garp::announce(&cont.packet, link.index, mac, &v4, remote_peers) {
+        if let Err(e) = garp::announce(sock, link.index, mac, &v4, remote_peers) {
             tracing::warn!(error = %e, "gratuitous ARP not sent");
         }
     }

@@ -32,7 +32,7 @@ pub fn check(ctx: &Context, cfg: &Config) -> Result<()> {
         .ok_or_else(|| Error::env("CNI_NETNS is required for CHECK"))?;
 
     let nl = Netlink::new()?;
-    let cont = nl.enter(&netns::open(netns_path)?)?;
+    let cont = nl.enter(&netns::open(netns_path)?, false)?;
     let link = nl
         .link(&cont.handle, ifname)?
         .ok_or_else(|| mismatch(format!("{ifname} is missing from the container")))?;

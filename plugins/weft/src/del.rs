@@ -62,7 +62,7 @@ fn remove_links(ctx: &Context, host_name: &str) -> Result<()> {
     if let Some(path) = &ctx.env.netns {
         // The namespace may be gone already: then so is the pair.
         if let Ok(ns) = netns::open(path) {
-            let cont = nl.enter(&ns)?;
+            let cont = nl.enter(&ns, false)?;
             // Deleting either end takes the pair down in one go.
             if fastdel::delete(&nl, &cont.handle, &cont.raw, ctx.env.ifname())? {
                 return Ok(());

@@ -58,17 +58,18 @@ pub fn socket() -> Result<OwnedFd> {
 }
 
 /// Sends one gratuitous ARP per address out of `ifindex` through `sock`
-/// (see [`socket`]); with `again`, leaves a child that repeats them.
+/// (see [`socket`]); with `again`, repeats them later (see above).
+///
+/// Closing a packet socket waits for an RCU grace period (10-20 ms here), so
+/// the socket's last reference goes to a forked child, which also sends the
+/// repeats: the runtime never waits for either.
 pub fn announce(
-    sock: &OwnedFd,
+    sock: OwnedFd,
     ifindex: u32,
     mac: [u8; 6],
     ips: &[Ipv4Addr],
     again: bool,
 ) -> Result<()> {
-    if ips.is_empty() {
-        return Ok(());
-    }
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     to.sll_family = libc::AF_PACKET as u16;
@@ -83,10 +84,7 @@ pub fn announce(
                 .with_details(std::io::Error::last_os_error()),
         );
     }
-    if again {
-        repeat_in_child(sock, &to, &frames)?;
-    }
-    Ok(())
+    hand_over(sock, &to, if again { &frames[..] } else { &[] })
 }
 
 /// Async-signal-safe: also runs in the forked child.
@@ -107,22 +105,35 @@ fn send_all(sock: RawFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> bool {
     })
 }
 
-fn repeat_in_child(sock: &OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> Result<()> {
+/// Forks a child that sends `frames` again at [`AGAIN_AFTER_MS`] (none:
+/// no repeats) and closes the socket only after we have closed our copy, so
+/// the grace period of the last close is the child's.
+fn hand_over(sock: OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> Result<()> {
     let devnull = std::fs::File::open("/dev/null")
         .map_err(|e| Error::unexpected("cannot open /dev/null").with_details(e))?;
-    let (fd, null) = (sock.as_raw_fd(), devnull.as_raw_fd());
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| Error::unexpected("pipe").with_details(e))?;
+    let (fd, null, ours_closed) = (sock.as_raw_fd(), devnull.as_raw_fd(), rd.as_raw_fd());
     // SAFETY: the child makes only async-signal-safe calls, on fds and
     // buffers set up before the fork, then _exits.
     match unsafe { fork() }.map_err(|e| Error::unexpected("fork").with_details(e))? {
-        ForkResult::Parent { .. } => Ok(()),
+        ForkResult::Parent { .. } => {
+            // Socket first, then the pipe: the child's read ends after both.
+            drop(sock);
+            drop(wr);
+            Ok(())
+        }
         ForkResult::Child => unsafe {
             // The runtime reads our stdout until EOF; the child must not hold it open.
             libc::dup2(null, 0);
             libc::dup2(null, 1);
             libc::dup2(null, 2);
-            crate::fastdel::close_all_but(fd, fd);
+            crate::fastdel::close_all_but(fd, ours_closed);
             let mut before = 0;
-            for ms in AGAIN_AFTER_MS {
+            for &ms in AGAIN_AFTER_MS.iter().take(if frames.is_empty() {
+                0
+            } else {
+                AGAIN_AFTER_MS.len()
+            }) {
                 let wait = libc::timespec {
                     tv_sec: ((ms - before) / 1000) as libc::time_t,
                     tv_nsec: (((ms - before) % 1000) * 1_000_000) as libc::c_long,
@@ -134,6 +145,8 @@ fn repeat_in_child(sock: &OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) 
                     break;
                 }
             }
+            let mut byte = 0u8;
+            while libc::read(ours_closed, std::ptr::from_mut(&mut byte).cast(), 1) > 0 {}
             libc::_exit(0)
         },
     }

@@ -33,8 +33,8 @@ pub struct Container {
     pub ioctl: OwnedFd,
     /// For deletions that must not wait on the kernel (see `fastdel`).
     pub raw: netlink_sys::Socket,
-    /// For gratuitous ARPs (see `garp`).
-    pub packet: OwnedFd,
+    /// For gratuitous ARPs (see `garp`); ADD only, as closing one is slow.
+    pub packet: Option<OwnedFd>,
 }
 
 /// Facts about a link that CHECK and the result need.
@@ -77,8 +77,9 @@ impl Netlink {
         &self.host
     }
 
-    /// Opens netlink and ioctl sockets inside the namespace at `ns`.
-    pub fn enter(&self, ns: &File) -> Result<Container> {
+    /// Opens netlink and ioctl sockets inside the namespace at `ns`, and
+    /// with `packet` a packet socket.
+    pub fn enter(&self, ns: &File, packet: bool) -> Result<Container> {
         let rt = self.rt.handle().clone();
         let (conn, handle, ioctl, raw, packet) = netns::run_in(ns, move || {
             let _ctx = rt.enter();
@@ -89,7 +90,7 @@ impl Netlink {
                 handle,
                 crate::ethtool::socket()?,
                 crate::fastdel::socket()?,
-                crate::garp::socket()?,
+                packet.then(crate::garp::socket).transpose()?,
             ))
         })?;
         self.rt.spawn(conn);
