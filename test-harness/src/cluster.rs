@@ -263,6 +263,8 @@ pub struct Placed {
     /// The conflist it was added with and the ADD result, for DEL.
     pub conf: Network,
     pub result: Value,
+    /// ADD as the runtime saw it: fork to exit of the plugins.
+    pub add_time: Duration,
 }
 
 impl Placed {
@@ -302,7 +304,8 @@ impl Cluster {
         let conf = self.network(host, net, subnet, extra.clone());
         let k = N.fetch_add(1, Ordering::Relaxed);
         let c = crate::host::Container::new(&format!("c{host}{net}{k}"))?;
-        let result = match conf.add(&self.hosts[host], &c, "eth0", attach)? {
+        let (added, add_time) = conf.add_timed(&self.hosts[host], &c, "eth0", attach)?;
+        let result = match added {
             Ok(r) => r,
             Err(o) => {
                 let log = std::fs::read_to_string(self.hosts[host].dir.path.join("weft.log"))
@@ -330,6 +333,7 @@ impl Cluster {
             c,
             conf,
             result,
+            add_time,
         })
     }
 
