@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::bench::{ms, reference_plugin, stats};
-use crate::cluster::{Cluster, Placed, UNDERLAY_PORT};
+use crate::cluster::{Agent, Cluster, Placed, UNDERLAY_PORT};
 use crate::host::Container;
 use crate::netns::Netns;
 use crate::runtime::{Attach, Network};
@@ -36,6 +36,19 @@ pub fn run(o: &Options) -> Result<()> {
 
 fn conf(c: &Cluster, host: usize) -> Network {
     c.network(host, NET.0, NET.1, json!({}))
+}
+
+/// Agents (lease `ttl` s) on h0 and h1, a container on each, and the
+/// tunnel between them up.
+fn two_hosts(c: &Cluster, ttl: u32) -> Result<([Agent; 2], Placed, Placed)> {
+    let agents = [
+        c.start_agent(0, &conf(c, 0), ttl)?,
+        c.start_agent(1, &conf(c, 1), ttl)?,
+    ];
+    let a = c.place(0, NET.0, NET.1, &json!({}), false)?;
+    let b = c.place(1, NET.0, NET.1, &json!({}), false)?;
+    c.wait_tunnels(0, 1, Duration::from_secs(5))?;
+    Ok((agents, a, b))
 }
 
 /// One iperf3 run from `client` to a server on `server` at `ip`; bits/s.
@@ -97,13 +110,7 @@ fn throughput(seconds: u32, rounds: usize) -> Result<()> {
 
 fn throughput_over(underlay_mtu: u32, seconds: u32, rounds: usize) -> Result<()> {
     let c = Cluster::with_underlay_mtu("btput", 2, underlay_mtu)?;
-    let _agents = [
-        c.start_agent(0, &conf(&c, 0), 5)?,
-        c.start_agent(1, &conf(&c, 1), 5)?,
-    ];
-    let a = c.place(0, NET.0, NET.1, &json!({}), false)?;
-    let b = c.place(1, NET.0, NET.1, &json!({}), false)?;
-    c.wait_tunnels(0, 1, Duration::from_secs(5))?;
+    let (_agents, a, b) = two_hosts(&c, 5)?;
     if !a.c.netns.ping(&b.ip) || !c.hosts[0].netns.ping(&c.underlay_ips[1]) {
         bail!("no path between the hosts before measuring");
     }
@@ -183,13 +190,7 @@ fn reached(from: &Placed, p: &Placed) -> Result<bool> {
 /// were already up.
 fn convergence(joins: usize) -> Result<()> {
     let mut c = Cluster::new("bjoin", 2)?;
-    let _agents = [
-        c.start_agent(0, &conf(&c, 0), 2)?,
-        c.start_agent(1, &conf(&c, 1), 2)?,
-    ];
-    let p0 = c.place(0, NET.0, NET.1, &json!({}), false)?;
-    let p1 = c.place(1, NET.0, NET.1, &json!({}), false)?;
-    c.wait_tunnels(0, 1, Duration::from_secs(5))?;
+    let (_agents, p0, p1) = two_hosts(&c, 2)?;
     eprintln!("bench: join convergence, {joins} hosts joining one after another");
     let (mut added, mut reach, mut base) = (Vec::new(), Vec::new(), Vec::new());
     let mut failed = 0;

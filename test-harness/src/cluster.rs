@@ -101,6 +101,13 @@ impl Cluster {
             "add-port",
             UNDERLAY_BRIDGE,
             UNDERLAY_PORT,
+            "--",
+            "set",
+            "interface",
+            UNDERLAY_BRIDGE,
+            // Asked for, not left to OVS, which sizes an internal port to
+            // its bridge's other ports only at some later reconfiguration.
+            &format!("mtu_request={}", self.fabric.mtu()),
         ])?;
         host.netns
             .ok(&["ip", "addr", "flush", "dev", UNDERLAY_PORT])?;

@@ -50,6 +50,10 @@ impl Fabric {
         })
     }
 
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
     /// Plugs `ns` into the underlay as `underlay0` and returns its address.
     pub fn attach(&self, ns: &Netns) -> Result<String> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
