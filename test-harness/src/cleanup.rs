@@ -202,7 +202,7 @@ fn kill_pidfiles(dir: &Path) {
                 continue;
             };
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if ["ovsdb-server", "ovs-vswitchd", "etcd"].contains(&comm.trim()) {
+            if ["ovsdb-server", "ovs-vswitchd", "etcd", "weftctl"].contains(&comm.trim()) {
                 stop_pid(pid);
             }
         }

@@ -203,6 +203,12 @@ impl Cluster {
             .spawn()
             .context("starting weftctl agent")?;
         let token = cleanup::register(Resource::Process(child.id() as i32));
+        // For the start-up sweep, should this run be killed outright.
+        let pidfile = self.hosts[host]
+            .dir
+            .path
+            .join(format!("agent-{}.pid", child.id()));
+        std::fs::write(pidfile, child.id().to_string())?;
         Ok(Agent {
             child: Some((child, token)),
         })

@@ -55,7 +55,8 @@ fn demo_in_progress() -> std::process::Child {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         match lines.next() {
-            Some(Ok(l)) if l.starts_with("ADD green") => break,
+            // Three hosts with agents, and containers on them.
+            Some(Ok(l)) if l.trim_start().starts_with("ADD on h2") => break,
             Some(Ok(_)) => {}
             _ => panic!("demo ended before its containers were up"),
         }
