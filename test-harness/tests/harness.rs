@@ -43,6 +43,29 @@ fn leftovers_of(pid: u32) -> Vec<String> {
     found
 }
 
+/// Waits until no short-lived child of the killed run (an `ip netns add`
+/// half-way, say) is still running: it could create something after the
+/// sweep. Long-lived ones (OVS, agents) name the run's dir; the sweep stops them.
+fn wait_for_orphans(pid: u32) {
+    let (ns, dir) = (format!("wft-{pid}-"), format!("weft-harness-{pid}-"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let busy = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&ns) && !c.contains(&dir)
+            });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts the demo and returns once it has a host and containers up.
 fn demo_in_progress() -> std::process::Child {
     let mut child = Command::new(bin_dir().join("weft-harness"))
@@ -108,6 +131,7 @@ fn sweep_removes_what_a_killed_run_left() {
     let pid = demo.id();
     demo.kill().unwrap();
     demo.wait().unwrap();
+    wait_for_orphans(pid);
     assert!(
         !leftovers_of(pid).is_empty(),
         "SIGKILL leaves things for the sweep"
