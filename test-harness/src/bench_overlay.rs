@@ -167,8 +167,8 @@ fn wait_registered(c: &Cluster, host: usize) -> Result<()> {
     }
 }
 
-/// Time until a peer's container gets an answer from `p`, pinging every
-/// 10 ms from the moment this is called.
+/// Whether `from` gets an answer from `p` within 5 s, pinging every 10 ms;
+/// it returns at the first answer, so callers time it.
 fn reached(from: &Placed, p: &Placed) -> Result<bool> {
     Ok(from
         .c

@@ -72,7 +72,10 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         }
         _ => None,
     };
-    let mut cont = nl.enter(&container_ns, true)?;
+    // A packet socket for the gratuitous ARP: overlay networks only, where
+    // an address can move between hosts of one L2 segment. It costs a fork
+    // at the end of ADD, which single-host networks need not pay.
+    let mut cont = nl.enter(&container_ns, cfg.overlay.is_some())?;
     let ovs = RefCell::new(Ovs::connect(&cfg.ovsdb_socket)?);
     let mut undo = Undo::new();
     phase("ipam started, connected");
@@ -271,8 +274,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     // Best effort: the address works without it, peers just learn later.
     let mac = link.mac.as_deref().and_then(garp::parse_mac);
     if let (Some(mac), Some(sock)) = (mac, cont.packet.take()) {
-        let remote_peers = view.is_some();
-        if let Err(e) = garp::announce(sock, link.index, mac, &v4, remote_peers) {
+        if let Err(e) = garp::announce(sock, link.index, mac, &v4) {
             tracing::warn!(error = %e, "gratuitous ARP not sent");
         }
     }

@@ -55,13 +55,7 @@ fn dellink_request(index: u32) -> Vec<u8> {
 fn child(sock: RawFd, request: &[u8], devnull: RawFd, report: RawFd) -> ! {
     // SAFETY: plain syscalls on fds and buffers set up before the fork.
     unsafe {
-        // The runtime reads our stdout until EOF; the child must not hold it open.
-        libc::dup2(devnull, 0);
-        libc::dup2(devnull, 1);
-        libc::dup2(devnull, 2);
-        // Other fds we inherited (a delegate's stdin pipe, say) would keep
-        // their peers waiting for EOF until we exit.
-        close_all_but(sock, report);
+        detach(devnull, sock, report);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         let mut code: i32 = 0;
         if libc::send(sock, request.as_ptr().cast(), request.len(), 0) < 0 {
@@ -79,8 +73,22 @@ fn child(sock: RawFd, request: &[u8], devnull: RawFd, report: RawFd) -> ! {
     }
 }
 
+/// Cuts a forked child loose from what the runtime waits on: stdio goes to
+/// `devnull` (the runtime reads our stdout until EOF), and every other fd
+/// but `a` and `b` is closed (a delegate's stdin pipe, say, would keep its
+/// peer waiting for EOF until the child exits). Async-signal-safe.
+pub(crate) unsafe fn detach(devnull: RawFd, a: RawFd, b: RawFd) {
+    // SAFETY: dup2 and close on fds; async-signal-safe.
+    unsafe {
+        libc::dup2(devnull, 0);
+        libc::dup2(devnull, 1);
+        libc::dup2(devnull, 2);
+        close_all_but(a, b);
+    }
+}
+
 /// Closes every fd above stdio except `a` and `b`; async-signal-safe.
-pub(crate) unsafe fn close_all_but(a: RawFd, b: RawFd) {
+unsafe fn close_all_but(a: RawFd, b: RawFd) {
     let (lo, hi) = (a.min(b) as u32, a.max(b) as u32);
     let ranges = [
         (3u32, lo.wrapping_sub(1)),

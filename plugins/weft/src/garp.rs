@@ -1,8 +1,9 @@
-//! A gratuitous ARP from the container once its address is set, as any host
-//! sends when it takes an address. weft-ipam hands a released address out
-//! again, possibly on another host; peers that still map it to the earlier
-//! holder's MAC then correct the entry at once instead of after their
-//! neighbour entry expires (up to a minute of silence).
+//! On overlay networks, a gratuitous ARP from the container once its
+//! address is set, as any host sends when it takes an address. weft-ipam
+//! hands a released address out again, possibly on another host of the same
+//! L2 segment; peers that still map it to the earlier holder's MAC then
+//! correct the entry at once instead of after their neighbour entry expires
+//! (up to a minute of silence).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -38,8 +39,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// When peers' tunnels back to this host may still be in the making (an
-/// agent builds them tens of milliseconds after our ADD returns), a forked
+/// Peers' tunnels back to this host may still be in the making (an agent
+/// builds them tens of milliseconds after our ADD returns), so a forked
 /// child repeats the announcement at these delays after the first.
 const AGAIN_AFTER_MS: [u64; 4] = [25, 100, 400, 1500];
 
@@ -58,18 +59,12 @@ pub fn socket() -> Result<OwnedFd> {
 }
 
 /// Sends one gratuitous ARP per address out of `ifindex` through `sock`
-/// (see [`socket`]); with `again`, repeats them later (see above).
+/// (see [`socket`]), and repeats them later (see above).
 ///
 /// Closing a packet socket waits for an RCU grace period (10-20 ms here), so
 /// the socket's last reference goes to a forked child, which also sends the
 /// repeats: the runtime never waits for either.
-pub fn announce(
-    sock: OwnedFd,
-    ifindex: u32,
-    mac: [u8; 6],
-    ips: &[Ipv4Addr],
-    again: bool,
-) -> Result<()> {
+pub fn announce(sock: OwnedFd, ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> Result<()> {
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     to.sll_family = libc::AF_PACKET as u16;
@@ -84,7 +79,7 @@ pub fn announce(
                 .with_details(std::io::Error::last_os_error()),
         );
     }
-    hand_over(sock, &to, if again { &frames[..] } else { &[] })
+    hand_over(sock, &to, &frames)
 }
 
 /// Async-signal-safe: also runs in the forked child.
@@ -123,17 +118,15 @@ fn hand_over(sock: OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> Resu
             Ok(())
         }
         ForkResult::Child => unsafe {
-            // The runtime reads our stdout until EOF; the child must not hold it open.
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            crate::fastdel::close_all_but(fd, ours_closed);
+            crate::fastdel::detach(null, fd, ours_closed);
             let mut before = 0;
-            for &ms in AGAIN_AFTER_MS.iter().take(if frames.is_empty() {
-                0
+            // Nothing to repeat: only the socket's last close is left to do.
+            let repeats = if frames.is_empty() {
+                &[][..]
             } else {
-                AGAIN_AFTER_MS.len()
-            }) {
+                &AGAIN_AFTER_MS[..]
+            };
+            for &ms in repeats {
                 let wait = libc::timespec {
                     tv_sec: ((ms - before) / 1000) as libc::time_t,
                     tv_nsec: (((ms - before) % 1000) * 1_000_000) as libc::c_long,

@@ -91,9 +91,17 @@ fn prime_neighbours(added: &[weft_ovsdb::plan::PortSpec]) {
         .iter()
         .filter_map(|p| p.options.iter().find(|(k, _)| k == "remote_ip"))
         .filter_map(|(_, v)| v.parse::<std::net::IpAddr>().ok());
+    let (mut v4, mut v6) = (None, None);
     for ip in peers {
-        let any = if ip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-        if let Ok(s) = std::net::UdpSocket::bind(any) {
+        let (sock, any) = if ip.is_ipv6() {
+            (&mut v6, "[::]:0")
+        } else {
+            (&mut v4, "0.0.0.0:0")
+        };
+        if sock.is_none() {
+            *sock = std::net::UdpSocket::bind(any).ok();
+        }
+        if let Some(s) = sock {
             let _ = s.send_to(b"weft", (ip, DISCARD_PORT));
         }
     }
