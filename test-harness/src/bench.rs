@@ -288,7 +288,7 @@ fn throughput(fabric: &Fabric, etcd: &Etcd, per_node: usize) -> Result<()> {
     println!("|---|---|---|---|");
     println!("| weft-ipam, one etcd, one cluster-wide plan | {:.0} | {f_ipam} | {avg_trips:.2} (max {}) |", rate(t_ipam, f_ipam), trips.iter().max().unwrap_or(&0));
     println!(
-        "| host-local, one plan per node (reference, no coordination) | {:.0} | {f_local} | - |",
+        "| host-local, one plan per node (reference, no coordination) | {:.0} | {f_local} | - |\n",
         rate(t_local, f_local)
     );
     Ok(())
