@@ -57,12 +57,16 @@ impl std::fmt::Display for Mac {
 impl CniArgs {
     pub fn parse(raw: &str) -> Result<Self> {
         let mut args = CniArgs::default();
+        // As libcni's LoadArgs: every `;`-separated piece is exactly one
+        // KEY=VALUE, so a trailing `;` or a stray `=` is refused up front
+        // rather than half-parsed into a surprise for the IPAM plugin.
         let pairs: Vec<(&str, &str)> = raw
             .split(';')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.split_once('=')
-                    .ok_or_else(|| Error::env(format!("CNI_ARGS: {p:?} is not KEY=VALUE")))
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.is_empty() && !v.contains('=') => Ok((k, v)),
+                _ => Err(Error::env(format!(
+                    "CNI_ARGS: invalid pair {p:?} in {raw:?}: each ';'-separated pair must be KEY=VALUE"
+                ))),
             })
             .collect::<Result<_>>()?;
         // IgnoreUnknown may come after the keys it excuses.
@@ -315,6 +319,13 @@ mod tests {
             ("CNI_ARGS", "IP=300.1.1.1"),
             ("CNI_ARGS", "MAC=01:00:00:00:00:01"),
             ("CNI_ARGS", "garbage"),
+            ("CNI_ARGS", "IgnoreUnknown=1;"),
+            ("CNI_ARGS", ";IgnoreUnknown=1"),
+            ("CNI_ARGS", "IgnoreUnknown=1;;K8S_POD_NAME=a"),
+            ("CNI_ARGS", "IgnoreUnknown=1;FOO"),
+            ("CNI_ARGS", "IgnoreUnknown=1;=x"),
+            ("CNI_ARGS", "IgnoreUnknown=1;A=b=c"),
+            ("CNI_ARGS", ";"),
         ] {
             let mut vars: Vec<_> = FULL.iter().filter(|(k, _)| *k != key).cloned().collect();
             vars.push((key, value));
