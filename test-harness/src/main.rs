@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "weft's simulated hosts: demo and benchmarks")]
+#[command(about = "weft's simulated hosts: demo and benchmarks", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -160,10 +160,73 @@ fn version_reply(stdin: &[u8]) -> Value {
     json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
 }
 
+/// Who a plugin binary is, for the people who run it by hand.
+#[derive(Debug, Clone, Copy)]
+pub struct About {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// A few words on what it is, e.g. "CNI plugin for Open vSwitch".
+    pub what: &'static str,
+}
+
+impl About {
+    /// One line, as the reference plugins print when run by hand.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {}: {}; CNI protocol versions supported: {}",
+            self.name,
+            self.version,
+            self.what,
+            version::SUPPORTED.join(", ")
+        )
+    }
+}
+
+/// What a person (not a runtime) asked for, answered before the protocol runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ByHand {
+    /// `--version`: the about line on stdout, success.
+    Version(String),
+    /// No CNI_COMMAND: the about line on stderr and a failure, since nothing
+    /// a runtime would want has happened.
+    NoCommand(String),
+}
+
+/// Runtimes always set CNI_COMMAND and pass no arguments, so either of these
+/// means a person is at the keyboard.
+pub fn by_hand(
+    args: &[String],
+    get: &dyn Fn(&str) -> Option<String>,
+    about: &About,
+) -> Option<ByHand> {
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        return Some(ByHand::Version(about.line()));
+    }
+    if get("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        return Some(ByHand::NoCommand(about.line()));
+    }
+    None
+}
+
 /// The binary's entry point: the process environment and stdin in, the single
 /// write to stdout out.
-pub fn main(plugin: &dyn Plugin) -> std::process::ExitCode {
+pub fn main(plugin: &dyn Plugin, about: &About) -> std::process::ExitCode {
     use std::io::Write;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match by_hand(&args, &|k| std::env::var(k).ok(), about) {
+        Some(ByHand::Version(line)) => {
+            let mut out = std::io::stdout().lock();
+            return match writeln!(out, "{line}") {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(_) => std::process::ExitCode::from(5),
+            };
+        }
+        Some(ByHand::NoCommand(line)) => {
+            eprintln!("{line}");
+            return std::process::ExitCode::from(1);
+        }
+        None => {}
+    }
     let outcome = dispatch(
         plugin,
         &|k| std::env::var(k).ok(),
@@ -312,6 +375,27 @@ mod tests {
             r#"{"cniVersions":["0.4.0","1.0.0"],"name":"n","type":"weft"}"#,
         );
         assert_eq!(out.stdout.unwrap()["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn by_hand_answers_version_and_no_command() {
+        let about = About {
+            name: "weft",
+            version: "9.9.9",
+            what: "test plugin",
+        };
+        let none = |_: &str| None;
+        let add = |k: &str| (k == "CNI_COMMAND").then(|| "ADD".to_string());
+        let empty = |k: &str| (k == "CNI_COMMAND").then(String::new);
+        let line = "weft 9.9.9: test plugin; CNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0";
+        assert_eq!(
+            by_hand(&["--version".into()], &add, &about),
+            Some(ByHand::Version(line.into()))
+        );
+        assert_eq!(by_hand(&[], &none, &about), Some(ByHand::NoCommand(line.into())));
+        assert_eq!(by_hand(&[], &empty, &about), Some(ByHand::NoCommand(line.into())));
+        assert_eq!(by_hand(&[], &add, &about), None);
+        assert!(!line.contains('\n'));
     }
 
     #[test]

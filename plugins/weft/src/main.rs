@@ -36,5 +36,12 @@ impl Plugin for Weft {
 
 fn main() -> std::process::ExitCode {
     STARTED.get_or_init(std::time::Instant::now);
-    weft_cni::skel::main(&Weft)
+    weft_cni::skel::main(
+        &Weft,
+        &weft_cni::skel::About {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            what: "CNI plugin: veth into the container, Open vSwitch bridge, tunnels to peer hosts",
+        },
+    )
 }
