@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
+#!/usr/bin/env bash
 # weft's one entry point on a Debian 12 machine, run as root:
 #   ./dev.sh demo    install what is missing, build, run the demo
 #   ./dev.sh test    install what is missing, build, run every test
 #   ./dev.sh bench   install what is missing, build, run the benchmarks
+#   ./dev.sh build   install what is missing, build the static binaries
+#   ./dev.sh image   build, then the node image with podman (BASE_IMAGE=... to pick its base)
+#   ./dev.sh fresh   the README's two commands on a brand-new Debian 12 root (scripts/fresh-machine.sh)
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# What building and running weft needs. protoc and the well-known .proto files
+# (libprotobuf-dev, only a Recommends of protobuf-compiler) are for
+# etcd-client's build script; etcd-client has etcdctl, which the tests use.
 APT_PACKAGES=(
-  openvswitch-switch etcd-server protobuf-compiler iproute2 iputils-ping ethtool iperf3
-  containernetworking-plugins build-essential pkg-config ca-certificates curl openssl
-  nftables iptables
+  build-essential pkg-config ca-certificates curl protobuf-compiler libprotobuf-dev
+  openvswitch-switch etcd-server etcd-client iproute2 iputils-ping ethtool iperf3
+  containernetworking-plugins nftables iptables openssl
 )
+# What only the tests need on top: the image test builds the Containerfile
+# with podman (and runc, which works where crun refuses a host's cgroups) on a
+# base made by debootstrap.
+TEST_PACKAGES=(podman runc debootstrap)
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
@@ -21,7 +32,7 @@ need_root() {
 
 install_packages() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "${APT_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -53,6 +64,13 @@ build() {
   export WEFT_BIN_DIR="$PWD/target/$HOST_TRIPLE/release"
 }
 
+stage_image_context() {
+  local ctx="target/image-context"
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  cp "$WEFT_BIN_DIR/weft" "$WEFT_BIN_DIR/weft-ipam" "$WEFT_BIN_DIR/weftctl" "$ctx/"
+  echo "$ctx"
+}
+
 cmd="${1:-}"
 case "$cmd" in
   demo)
@@ -60,15 +78,28 @@ case "$cmd" in
     "$WEFT_BIN_DIR/weft-harness" demo
     ;;
   test)
-    need_root; install_packages; build
+    need_root; install_packages "${TEST_PACKAGES[@]}"; build
     cargo test "${CARGO_FLAGS[@]}" --workspace
     ;;
   bench)
     need_root; install_packages; build
     "$WEFT_BIN_DIR/weft-harness" bench --runs "${RUNS:-200}"
     ;;
+  build)
+    need_root; install_packages; build
+    echo "$WEFT_BIN_DIR"
+    ;;
+  image)
+    need_root; install_packages podman runc; build
+    podman build --build-arg "BASE_IMAGE=${BASE_IMAGE:-docker.io/library/debian:bookworm-slim}" \
+      -f Containerfile -t "${IMAGE:-localhost/weft:latest}" "$(stage_image_context)"
+    ;;
+  fresh)
+    need_root
+    exec scripts/fresh-machine.sh
+    ;;
   *)
-    echo "usage: $0 demo|test|bench" >&2
+    echo "usage: $0 demo|test|bench|build|image|fresh" >&2
     exit 2
     ;;
 esac

@@ -7,6 +7,7 @@ mod agent;
 mod conf;
 mod doctor;
 mod inspect;
+mod install;
 mod table;
 mod upkeep;
 
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "weft's admin CLI and host agent")]
+#[command(about = "weft's admin CLI and host agent", version)]
 struct Cli {
     /// The weft conflist this host's runtime uses; etcd, OVS and the bridge
     /// are read from it.
@@ -55,6 +56,22 @@ enum Cmd {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=300))]
         ttl: i64,
     },
+    /// Installs weft, weft-ipam and weftctl (and conflists) atomically: the
+    /// DaemonSet's install step, and the host install. Reads no --conf.
+    Install {
+        /// Where the binaries are taken from (default: weftctl's own folder).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Where the runtime looks for CNI plugins (Debian's own plugins live in /usr/lib/cni).
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// Where the runtime reads network configs.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// A conflist to check and install into --conf-dir; may be repeated.
+        #[arg(long)]
+        conflist: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +82,21 @@ fn main() -> ExitCode {
         Some("warn")
     };
     weft_cni::logging::init(None, level);
+    if let Cmd::Install {
+        from,
+        bin_dir,
+        conf_dir,
+        conflist,
+    } = &cli.cmd
+    {
+        return match install::run(from.as_deref(), bin_dir, conf_dir, conflist) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weftctl install: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let outcome = conf::load(&cli.conf).and_then(|l| match &cli.cmd {
         Cmd::Nodes => inspect::nodes(&l, cli.json).map(|_| true),
         Cmd::Networks => inspect::networks(&l, cli.json).map(|_| true),
@@ -76,6 +108,7 @@ fn main() -> ExitCode {
             upkeep::cleanup(&l, *keep_registration, cli.json).map(|_| true)
         }
         Cmd::Agent { ttl } => agent::run(&l, *ttl).map(|_| true),
+        Cmd::Install { .. } => unreachable!("answered before the conflist is read"),
     });
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
