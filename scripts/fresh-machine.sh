@@ -10,7 +10,7 @@
 # - A clean clone of the committed tree (HEAD) goes in /root/weft.
 # - It runs in private mount and PID namespaces: fresh proc, the host's sys
 #   and dev, a tmpfs /run (with /run/netns), /tmp and /dev/shm, the host's
-#   resolv.conf. Network namespaces, OVS, etcd and podman made inside die with
+#   resolv.conf and local CA certificates. Network namespaces, OVS, etcd and podman made inside die with
 #   those namespaces; the copy is removed on every exit path.
 # - Rust: rustup's download is not reachable from these machines, so the
 #   host's toolchain (~/.rustup and ~/.cargo/bin) is bound in read-only. The
@@ -94,6 +94,13 @@ done < <(awk '
 printf 'fresh: will run: %s\n' "${commands[@]}" >&2
 
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's local certificate authorities, as a site's image would carry
+# them (this workplace reaches package registries through one). They join the
+# trust store when dev.sh installs ca-certificates, as on the host.
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 mkdir -p "$root/root/.rustup" "$root/root/.cargo/bin"
 
 inner=$(cat <<'INNER'
