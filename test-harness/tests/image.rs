@@ -11,7 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_harness::cluster::Cluster;
 use weft_harness::require_root;
 use weft_harness::runtime::bin_dir;
 
@@ -121,15 +124,17 @@ fn daemonset_conflist(yaml: &str) -> String {
         .join("\n")
 }
 
-#[test]
-fn image_builds_offline_and_its_install_step_puts_working_binaries_on_the_host() {
+/// podman with the image built twice: on the imported Debian base as
+/// `localhost/weft:test`, and on `scratch` as `localhost/weft:scratch`. None
+/// when podman is missing, said loudly.
+fn built() -> Option<Podman> {
     require_root();
     if Command::new("podman").arg("--version").output().is_err() {
         eprintln!(
             "\n!!!!! SKIPPED: podman is not installed, so the Containerfile is NOT tested. \
              ./dev.sh test installs it. !!!!!\n"
         );
-        return;
+        return None;
     }
     let pm = Podman::new();
     let base = Command::new("bash")
@@ -182,7 +187,12 @@ fn image_builds_offline_and_its_install_step_puts_working_binaries_on_the_host()
             ctx_s,
         ]);
     }
+    Some(pm)
+}
 
+#[test]
+fn image_builds_offline_and_its_install_step_puts_working_binaries_on_the_host() {
+    let Some(pm) = built() else { return };
     // The image carries the three binaries and nothing of ours beside them.
     let listing = pm.run(
         &[],
@@ -255,4 +265,87 @@ fn image_builds_offline_and_its_install_step_puts_working_binaries_on_the_host()
             "{plugin}: {doc}"
         );
     }
+}
+
+/// The DaemonSet's agent container, as the kubelet would run it: the image's
+/// weftctl agent, privileged in the node's network namespace, with the
+/// node's OVS socket and the conflist mounted. It must hold the node's
+/// registration, build the tunnel back to a host that joins, and give the
+/// registration up when stopped.
+#[test]
+fn agent_from_the_image_keeps_a_simulated_host_in_step() {
+    // Declared before podman, so the agent's container is stopped (podman's
+    // drop) before the hosts and etcd it talks to go away.
+    let c = Cluster::new("image", 2).unwrap();
+    let Some(pm) = built() else { return };
+    let subnet = "10.252.0.0/16";
+    let p0 = c.place(0, "blue", subnet, &json!({}), false).unwrap();
+    let conf = c
+        .write_conf(0, &c.network(0, "blue", subnet, json!({})))
+        .unwrap();
+    let h0 = &c.hosts[0];
+    let dir = h0.dir.path.display().to_string();
+    let id = pm.ok(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--network",
+        &format!("ns:{}", h0.netns.path.display()),
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "-v",
+        &format!("{dir}:{dir}"),
+        "--entrypoint",
+        "/weft/bin/weftctl",
+        "localhost/weft:test",
+        "agent",
+        "--ttl",
+        "30",
+        "--conf",
+        conf.to_str().unwrap(),
+    ]);
+    let id = id.trim().to_string();
+    // For the harness's start-up sweep, should this run be killed outright.
+    let pid = pm.ok(&["inspect", "--format", "{{.State.Pid}}", &id]);
+    std::fs::write(h0.dir.path.join(format!("agent-{}.pid", pid.trim())), pid.trim()).unwrap();
+
+    let leased = |want: bool| {
+        let out = c.weftctl(1, &c.network(1, "blue", subnet, json!({})), &["nodes", "--json"]);
+        let doc: Value = out
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or(Value::Null);
+        let held = doc
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["name"] == h0.label.as_str() && n["lease"].as_i64().unwrap_or(0) != 0);
+        held == want
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{what} within 15 s; agent log:\n{}",
+                pm.ok(&["logs", &id])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the image's agent holds h0 under a lease", &|| leased(true));
+
+    // h1 joins: its own ADD builds its tunnel to h0, the agent builds h0's back.
+    let p1 = c.place(1, "blue", subnet, &json!({}), false).unwrap();
+    c.wait_tunnels(0, 1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", pm.ok(&["logs", &id])));
+    assert!(p0.c.netns.ping(&p1.ip), "h0 -> h1 through the agent's tunnel");
+    assert!(p1.c.netns.ping(&p0.ip), "h1 -> h0");
+
+    // SIGTERM, as the kubelet stops a container: the lease is revoked at
+    // once, long before its 30 s would run out.
+    pm.ok(&["stop", "-t", "10", &id]);
+    wait("the stopped agent gives h0's lease up", &|| leased(false));
 }
