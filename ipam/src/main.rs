@@ -206,10 +206,6 @@ impl Plugin for WeftIpam {
 fn main() -> std::process::ExitCode {
     weft_cni::skel::main(
         &WeftIpam,
-        &weft_cni::skel::About {
-            name: env!("CARGO_PKG_NAME"),
-            version: env!("CARGO_PKG_VERSION"),
-            what: "CNI IPAM plugin: one address plan for every host, kept in etcd",
-        },
+        &weft_cni::about!("CNI IPAM plugin: one address plan for every host, kept in etcd"),
     )
 }

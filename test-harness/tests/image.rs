@@ -105,7 +105,9 @@ impl Drop for Podman {
 /// The install container's `command:` from the DaemonSet, which is a YAML
 /// flow sequence of plain strings and so also JSON.
 fn daemonset_install_command(yaml: &str) -> Vec<String> {
-    let after = &yaml[yaml.find("- name: install").expect("an install init container")..];
+    let after = &yaml[yaml
+        .find("- name: install")
+        .expect("an install init container")..];
     let line = after
         .lines()
         .find_map(|l| l.trim().strip_prefix("command:"))
@@ -115,7 +117,9 @@ fn daemonset_install_command(yaml: &str) -> Vec<String> {
 
 /// The conflist the DaemonSet's ConfigMap carries.
 fn daemonset_conflist(yaml: &str) -> String {
-    let start = yaml.find("10-weft.conflist: |").expect("the ConfigMap's conflist");
+    let start = yaml
+        .find("10-weft.conflist: |")
+        .expect("the ConfigMap's conflist");
     let body = &yaml[start..];
     let body = &body[body.find('\n').unwrap() + 1..body.find("\n---").unwrap()];
     body.lines()
@@ -208,8 +212,7 @@ fn image_builds_offline_and_its_install_step_puts_working_binaries_on_the_host()
     }
 
     // The DaemonSet's install step, with its volumes as the kubelet mounts them.
-    let yaml =
-        std::fs::read_to_string(repo().join("conf/kubernetes/weft-daemonset.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(repo().join("conf/kubernetes/weft-daemonset.yaml")).unwrap();
     let command = daemonset_install_command(&yaml);
     let node = pm.dir.path().join("node");
     let (bin, netd, config) = (
@@ -309,10 +312,18 @@ fn agent_from_the_image_keeps_a_simulated_host_in_step() {
     let id = id.trim().to_string();
     // For the harness's start-up sweep, should this run be killed outright.
     let pid = pm.ok(&["inspect", "--format", "{{.State.Pid}}", &id]);
-    std::fs::write(h0.dir.path.join(format!("agent-{}.pid", pid.trim())), pid.trim()).unwrap();
+    std::fs::write(
+        h0.dir.path.join(format!("agent-{}.pid", pid.trim())),
+        pid.trim(),
+    )
+    .unwrap();
 
     let leased = |want: bool| {
-        let out = c.weftctl(1, &c.network(1, "blue", subnet, json!({})), &["nodes", "--json"]);
+        let out = c.weftctl(
+            1,
+            &c.network(1, "blue", subnet, json!({})),
+            &["nodes", "--json"],
+        );
         let doc: Value = out
             .ok()
             .and_then(|o| serde_json::from_slice(&o.stdout).ok())
@@ -341,7 +352,10 @@ fn agent_from_the_image_keeps_a_simulated_host_in_step() {
     let p1 = c.place(1, "blue", subnet, &json!({}), false).unwrap();
     c.wait_tunnels(0, 1, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e:#}; agent log:\n{}", pm.ok(&["logs", &id])));
-    assert!(p0.c.netns.ping(&p1.ip), "h0 -> h1 through the agent's tunnel");
+    assert!(
+        p0.c.netns.ping(&p1.ip),
+        "h0 -> h1 through the agent's tunnel"
+    );
     assert!(p1.c.netns.ping(&p0.ip), "h1 -> h0");
 
     // SIGTERM, as the kubelet stops a container: the lease is revoked at

@@ -65,10 +65,9 @@ pub fn plan(
 
 /// Writes one file next to its destination, then renames it into place.
 fn put(c: &Copy) -> Result<()> {
-    let dir = c
-        .to
-        .parent()
-        .with_context(|| format!("{} has no folder", c.to.display()))?;
+    let dir =
+        c.to.parent()
+            .with_context(|| format!("{} has no folder", c.to.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = c.to.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.weft-install.{}", std::process::id()));
@@ -139,7 +138,9 @@ mod tests {
             let m = fs::metadata(bin.join(b)).unwrap();
             assert_eq!(m.permissions().mode() & 0o777, 0o755, "{b}");
         }
-        assert!(fs::read_to_string(bin.join("weft")).unwrap().contains("echo weft"));
+        assert!(fs::read_to_string(bin.join("weft"))
+            .unwrap()
+            .contains("echo weft"));
         let m = fs::metadata(conf.join("10-weft.conflist")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o644);
         assert_eq!(held.metadata().unwrap().len(), 3);
@@ -162,8 +163,11 @@ mod tests {
 
         fake_bins(src.path());
         let list = src.path().join("bad.conflist");
-        fs::write(&list, r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#)
-            .unwrap();
+        fs::write(
+            &list,
+            r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
         let err = run(Some(src.path()), dst.path(), dst.path(), &[list]).unwrap_err();
         assert!(format!("{err:#}").contains("no weft plugin"), "{err:#}");
         assert_eq!(fs::read_dir(dst.path()).unwrap().count(), 0);

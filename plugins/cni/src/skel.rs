@@ -169,6 +169,18 @@ pub struct About {
     pub what: &'static str,
 }
 
+/// The calling crate's [`About`]: its package name and version, and `what`.
+#[macro_export]
+macro_rules! about {
+    ($what:expr) => {
+        $crate::skel::About {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            what: $what,
+        }
+    };
+}
+
 impl About {
     /// One line, as the reference plugins print when run by hand.
     pub fn line(&self) -> String {
@@ -392,8 +404,14 @@ mod tests {
             by_hand(&["--version".into()], &add, &about),
             Some(ByHand::Version(line.into()))
         );
-        assert_eq!(by_hand(&[], &none, &about), Some(ByHand::NoCommand(line.into())));
-        assert_eq!(by_hand(&[], &empty, &about), Some(ByHand::NoCommand(line.into())));
+        assert_eq!(
+            by_hand(&[], &none, &about),
+            Some(ByHand::NoCommand(line.into()))
+        );
+        assert_eq!(
+            by_hand(&[], &empty, &about),
+            Some(ByHand::NoCommand(line.into()))
+        );
         assert_eq!(by_hand(&[], &add, &about), None);
         assert!(!line.contains('\n'));
     }

@@ -38,10 +38,8 @@ fn main() -> std::process::ExitCode {
     STARTED.get_or_init(std::time::Instant::now);
     weft_cni::skel::main(
         &Weft,
-        &weft_cni::skel::About {
-            name: env!("CARGO_PKG_NAME"),
-            version: env!("CARGO_PKG_VERSION"),
-            what: "CNI plugin: veth into the container, Open vSwitch bridge, tunnels to peer hosts",
-        },
+        &weft_cni::about!(
+            "CNI plugin: veth into the container, Open vSwitch bridge, tunnels to peer hosts"
+        ),
     )
 }
