@@ -106,6 +106,8 @@ mkdir -p "$root/root/.rustup" "$root/root/.cargo/bin"
 inner=$(cat <<'INNER'
 set -euo pipefail
 root="$1"; rustup_home="$2"; cargo_bin="$3"; shift 3
+# On a real machine / is a mount point; podman's layer unpacking remounts it.
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
