@@ -1,5 +1,6 @@
-//! Raw Ethernet in a namespace, for the broadcast test: send one ARP
-//! request, and count the copies of it that arrive elsewhere.
+//! Raw Ethernet in a namespace: send an ARP request, and count the copies
+//! of it that arrive elsewhere (the broadcast test) or the replies it gets
+//! (the isolation tests).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -107,6 +108,35 @@ pub fn count_arp(
     target: [u8; 4],
     window: Duration,
 ) -> std::thread::JoinHandle<Result<usize>> {
+    count_frames(ns, ifname, window, move |f| {
+        f.len() >= 42 && f[20..22] == [0, 1] && f[38..42] == target
+    })
+}
+
+/// Starts counting ARP replies that say where `sender` is, arriving on
+/// `ifname` in `ns` for `window`.
+pub fn count_arp_replies(
+    ns: &Netns,
+    ifname: &str,
+    sender: [u8; 4],
+    window: Duration,
+) -> std::thread::JoinHandle<Result<usize>> {
+    count_frames(ns, ifname, window, move |f| {
+        f.len() >= 42
+            && f[12..14] == ETH_P_ARP.to_be_bytes()
+            && f[20..22] == [0, 2]
+            && f[28..32] == sender
+    })
+}
+
+/// Counts the ARP frames on `ifname` in `ns` that `wanted` accepts, for
+/// `window`; returns once the socket is listening.
+fn count_frames(
+    ns: &Netns,
+    ifname: &str,
+    window: Duration,
+    wanted: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<Result<usize>> {
     let ifname = ifname.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let h = in_netns(ns, move || {
@@ -135,7 +165,7 @@ pub fn count_arp(
                     0,
                 )
             };
-            if len >= 42 && buf[20..22] == [0, 1] && buf[38..42] == target {
+            if len > 0 && wanted(&buf[..len as usize]) {
                 n += 1;
             }
         }

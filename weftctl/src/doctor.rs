@@ -228,6 +228,17 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             }
         }
     }
+    if !weft::config::kernel_datapath_available() {
+        let (status, msg) = match weft::hostend::input_drop_present() {
+            Ok(true) => (Status::Ok, "the IP stack ignores host ends (inet weft-hostends)".to_string()),
+            Ok(false) => (
+                Status::Fail,
+                "nftables table inet weft-hostends is missing (flushed?): containers can reach this host's IP stack until the next ADD puts it back".to_string(),
+            ),
+            Err(e) => (Status::Fail, format!("cannot read nftables: {}", e.msg)),
+        };
+        c.put("host ends", status, msg);
+    }
     if cfg.gateway {
         let ok = std::process::Command::new("nft")
             .arg("--version")

@@ -146,6 +146,14 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
         if ovs.remove_own_bridge(&l.weft.bridge).map_err(cni)? {
             r.add("removed", "bridge", l.weft.bridge.clone());
         }
+        if weft::hostend::input_drop_present().unwrap_or(false) {
+            weft::hostend::remove_input_drop().map_err(cni)?;
+            r.add(
+                "removed",
+                "nftables",
+                format!("inet {}", weft::hostend::TABLE),
+            );
+        }
     }
     if let (Some(o), false) = (&l.weft.overlay, keep_registration) {
         let mut store = l.store()?;

@@ -22,7 +22,7 @@ use crate::overlay::tunnels::ids::TUNNEL_FOR;
 use crate::overlay::{self, underlay};
 use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;
-use crate::{ethtool, garp, netns};
+use crate::{ethtool, garp, hostend, netns};
 
 pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let t0 = *crate::STARTED.get_or_init(std::time::Instant::now);
@@ -123,6 +123,14 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     if let Some(ns) = &ctx.env.args.k8s_pod_namespace {
         tags.push((ids::POD_NAMESPACE, ns));
     }
+    // Before it is up, so it never gets a link-local address (`hostend`).
+    hostend::disable_ipv6(&host_name)?;
+    // Without the openvswitch module the datapath can only be netdev, whose
+    // host ends the IP stack must ignore: make sure before the link is up.
+    let input_dropped = !kernel_datapath_available();
+    if input_dropped {
+        hostend::ensure_input_drop()?;
+    }
     // Up before ovs-vswitchd opens it: with the port opened while its link
     // was still down, traffic sometimes never flowed (1 in ~36 test runs).
     nl.set_up(nl.host(), host_link.index)?;
@@ -187,6 +195,11 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let gw_exists = found.get(1).is_some_and(weft_ovsdb::has_rows);
     if datapath == "netdev" {
         ethtool::disable_tx_checksum(&cont.ioctl, ifname)?;
+        // A netdev bridge on a host that has the module: known only now,
+        // still before the container has an address to use.
+        if !input_dropped {
+            hostend::ensure_input_drop()?;
+        }
     }
 
     let ipam_out = pending

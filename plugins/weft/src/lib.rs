@@ -11,6 +11,7 @@ pub mod ethtool;
 pub mod fastdel;
 pub mod garp;
 pub mod gc;
+pub mod hostend;
 pub mod link;
 pub mod names;
 pub mod netns;

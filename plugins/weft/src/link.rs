@@ -118,8 +118,11 @@ impl Netlink {
         mtu: u32,
         mac: Option<[u8; 6]>,
     ) -> Result<()> {
+        // No ARP on the host end: the kernel would answer for every host
+        // address on it (see `hostend`).
         let peer_msg = LinkUnspec::new_with_name(peer)
             .mtu(mtu)
+            .arp(false)
             .setns_by_fd(host_ns.as_raw_fd())
             .build();
         let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)

@@ -41,10 +41,14 @@ pub fn gateway_mac(network: &str) -> String {
     )
 }
 
+/// What every host end's name starts with (and nothing else of ours does:
+/// the host-end nftables rule matches it).
+pub const HOST_VETH_PREFIX: &str = "wft";
+
 /// Host end of the veth: "wft" + 12 hex digits of a hash of container id and
 /// ifname, 15 bytes, the kernel's limit. Deterministic, so DEL finds it again.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
-    short_hash("wft", &[container_id, ifname])
+    short_hash(HOST_VETH_PREFIX, &[container_id, ifname])
 }
 
 /// external_ids keys on the OVS port.

@@ -76,7 +76,8 @@ fn gw_err(msg: impl Into<String>) -> Error {
     Error::new(error::GATEWAY_FAILURE, msg)
 }
 
-fn nft(script: &str) -> Result<()> {
+/// Feeds a script to `nft -f -`.
+pub(crate) fn nft(script: &str) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
