@@ -27,8 +27,11 @@ fi
 for tool in git unshare chroot findmnt; do
   command -v "$tool" >/dev/null || { echo "fresh: $tool is missing" >&2; exit 1; }
 done
-rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
-cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+# Where the host's toolchain is, without trusting HOME (CI may not set it).
+cargo_path="$(command -v cargo || true)"
+[ -n "$cargo_path" ] || cargo_path="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin/cargo"
+cargo_bin="$(dirname "$cargo_path")"
+rustup_home="${RUSTUP_HOME:-$("$cargo_bin/rustup" show home 2>/dev/null || echo "${HOME:-/root}/.rustup")}"
 [ -x "$cargo_bin/cargo" ] && [ -d "$rustup_home/toolchains" ] || {
   echo "fresh: no rustup toolchain at $rustup_home and $cargo_bin to bind in" >&2
   exit 1

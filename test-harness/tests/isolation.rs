@@ -88,7 +88,9 @@ fn host_end_is_a_wire_into_ovs_not_a_host_interface() {
     far.ok(&["ip", "link", "set", "eth0", "up"]).unwrap();
     far.ok(&["ip", "route", "add", "default", "via", "198.51.100.1"])
         .unwrap();
-    h.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    // procps (sysctl) is not among the packages dev.sh installs.
+    h.ok(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+        .unwrap();
 
     let ends = host.weft_links().unwrap();
     assert_eq!(ends.len(), 2);
