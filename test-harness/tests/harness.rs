@@ -48,6 +48,7 @@ fn leftovers_of(pid: u32) -> Vec<String> {
 /// sweep. Long-lived ones (OVS, agents) name the run's dir; the sweep stops them.
 fn wait_for_orphans(pid: u32) {
     let (ns, dir) = (format!("wft-{pid}-"), format!("weft-harness-{pid}-"));
+    let demo = std::fs::canonicalize(bin_dir().join("weft-harness")).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let busy = std::fs::read_dir("/proc")
@@ -57,7 +58,20 @@ fn wait_for_orphans(pid: u32) {
             .any(|e| {
                 let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
                 let c = String::from_utf8_lossy(&c);
-                c.contains(&ns) && !c.contains(&dir)
+                // A child the demo forked but that had not exec'd yet when
+                // the demo was killed still runs the demo's binary, now
+                // orphaned (the other tests' demos are our children); once
+                // it execs (`ip netns add ...`) it makes what it was for.
+                let orphaned_demo = std::fs::read_link(e.path().join("exe"))
+                    .is_ok_and(|x| x == demo)
+                    && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                        st.rsplit(')')
+                            .next()
+                            .and_then(|r| r.split_whitespace().nth(1))
+                            .and_then(|p| p.parse::<u32>().ok())
+                            != Some(std::process::id())
+                    });
+                (c.contains(&ns) && !c.contains(&dir)) || orphaned_demo
             });
         if !busy {
             return;
