@@ -256,6 +256,31 @@ pub fn parse_etcd(v: Option<&Value>, prefix: &str) -> Result<Etcd> {
             "needs both username and passwordFile, or neither".into(),
         ));
     }
+    let over_http = match v.get("allowPasswordOverHttp") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "etcd.allowPasswordOverHttp",
+                "must be true or false".into(),
+            ))
+        }
+    };
+    // etcd's auth sends the password in the clear over http://, to anyone
+    // who can watch the underlay.
+    if let (Some(_), Some(plain), false) = (
+        &password_file,
+        endpoints.iter().find(|e| e.starts_with("http://")),
+        over_http,
+    ) {
+        return Err(bad(
+            "etcd.passwordFile",
+            format!(
+                "would be sent in the clear to {plain}: use https:// endpoints (etcd.tls), \
+                 or set etcd.allowPasswordOverHttp to accept that"
+            ),
+        ));
+    }
     Ok(Etcd {
         endpoints,
         timeout_ms,
@@ -331,6 +356,13 @@ impl IpamConfig {
         let etcd = parse_etcd(ipam.get("etcd"), "ipam.")?;
         let data_dir =
             PathBuf::from(opt_str(ipam, "dataDir", "dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
+        // The runtime's working directory is nobody's promise.
+        if !data_dir.is_absolute() {
+            return Err(bad(
+                "dataDir",
+                format!("{} must be an absolute path", data_dir.display()),
+            ));
+        }
         Ok(IpamConfig {
             network: network.to_string(),
             range_sets,
@@ -357,7 +389,7 @@ mod tests {
                           [{"subnet": "fd00:244::/64"}]],
                "exclude": ["10.244.7.0/24"], "routes": [{"dst": "0.0.0.0/0"}], "dns": {"nameservers": ["10.244.0.2"]},
                "blockSize": 26, "nodeName": "host-a",
-               "etcd": {"endpoints": ["http://127.0.0.1:2379"], "timeoutMs": 2000,
+               "etcd": {"endpoints": ["https://127.0.0.1:2379"], "timeoutMs": 2000,
                         "tls": {"ca": "/etc/weft/ca.pem", "cert": "/etc/weft/client.pem", "key": "/etc/weft/client-key.pem"},
                         "username": "weft", "passwordFile": "/etc/weft/etcd-password"}})
     }
@@ -441,6 +473,15 @@ mod tests {
                 "passwordFile",
             ),
             (json!({"routes": [{"dst": "nope"}]}), "ipam.routes"),
+            (
+                json!({"etcd": {"endpoints": ["https://a:1", "http://x:1"], "username": "u", "passwordFile": "/p"}}),
+                "ipam.etcd.passwordFile",
+            ),
+            (
+                json!({"etcd": {"endpoints": ["http://x:1"], "allowPasswordOverHttp": "yes"}}),
+                "ipam.etcd.allowPasswordOverHttp",
+            ),
+            (json!({"dataDir": "var/lib/weft"}), "ipam.dataDir"),
         ];
         for (patch, field) in cases {
             let mut v = issue_example();

@@ -29,22 +29,29 @@ pub struct EtcdStore {
     timeout: Duration,
 }
 
-/// Reads the password file, refusing one that group or others can read: a
-/// credential in a world-readable file is as good as published.
-pub fn read_password(path: &std::path::Path) -> Result<String> {
+/// Reads a secret (the password file, the TLS key), refusing one that group
+/// or others can read: a credential in a world-readable file is as good as
+/// published.
+fn read_secret(path: &std::path::Path, field: &str) -> Result<Vec<u8>> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::config(format!("ipam.etcd.passwordFile {shown} cannot be read")).with_details(e)
+        Error::config(format!("ipam.etcd.{field} {shown} cannot be read")).with_details(e)
     })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(Error::config(format!(
-            "ipam.etcd.passwordFile {shown} is readable by group or others; chmod 600 it"
+            "ipam.etcd.{field} {shown} is readable by group or others; chmod 600 it"
         )));
     }
-    let raw = std::fs::read_to_string(path).map_err(|e| {
-        Error::config(format!("ipam.etcd.passwordFile {shown} cannot be read")).with_details(e)
-    })?;
-    Ok(raw.trim_end_matches(['\n', '\r']).to_string())
+    std::fs::read(path).map_err(|e| {
+        Error::config(format!("ipam.etcd.{field} {shown} cannot be read")).with_details(e)
+    })
+}
+
+pub fn read_password(path: &std::path::Path) -> Result<String> {
+    let raw = read_secret(path, "passwordFile")?;
+    Ok(String::from_utf8_lossy(&raw)
+        .trim_end_matches(['\n', '\r'])
+        .to_string())
 }
 
 fn read_file(path: &std::path::Path, field: &str) -> Result<Vec<u8>> {
@@ -161,7 +168,7 @@ impl EtcdStore {
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
                 t = t.identity(Identity::from_pem(
                     read_file(cert, "cert")?,
-                    read_file(key, "key")?,
+                    read_secret(key, "tls.key")?,
                 ));
             }
             opts = opts.with_tls(t);

@@ -2,6 +2,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -96,8 +97,22 @@ impl FileHints {
         let tmp = self
             .path
             .with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(&self.map).unwrap_or_default()))
+        // Which addresses a host hands out is nobody else's business.
+        let written = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+            })
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &serde_json::to_vec(&self.map).unwrap_or_default())
+            })
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);

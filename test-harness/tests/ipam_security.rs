@@ -55,8 +55,21 @@ fn tls_with_client_certificates() {
                            "tls": {"ca": pki.ca, "cert": pki.client_cert, "key": pki.client_key}}),
         dir,
     );
+    // A client key others can read is refused before it is used.
+    let key = pki.client_key.clone();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, doc) = ipam(&fabric, "ADD", "c1", &good);
+    assert!(!ok);
+    assert_eq!(doc["code"], 7, "{doc}");
+    assert!(doc["msg"].as_str().unwrap().contains("tls.key"), "{doc}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (ok, doc) = ipam(&fabric, "ADD", "c1", &good);
     assert!(ok, "ADD over TLS: {doc}");
+    // What weft-ipam writes (its hints, its log) is for root only.
+    for f in [dir.join("hints/sec/hints-n0.json"), dir.join("ipam.log")] {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", f.display());
+    }
     let mut check = good.clone();
     check["prevResult"] = doc.clone();
     assert!(ipam(&fabric, "CHECK", "c1", &check).0, "CHECK over TLS");
@@ -134,9 +147,24 @@ fn users_with_a_password_file() {
     let dir = ScratchDir::new("auth").unwrap();
     let pw = dir.path.join("etcd-password");
     std::fs::write(&pw, format!("{secret}\n")).unwrap();
+    // This etcd speaks http://, where a password travels in the clear:
+    // refused unless the config says it knows.
+    let (ok, doc) = ipam(
+        &fabric,
+        "ADD",
+        "c1",
+        &conf(
+            json!({"endpoints": etcd.endpoints(), "timeoutMs": 1000, "username": "weft", "passwordFile": pw}),
+            &dir.path,
+        ),
+    );
+    assert!(!ok);
+    assert_eq!(doc["code"], 7, "{doc}");
+    assert!(doc["msg"].as_str().unwrap().contains("allowPasswordOverHttp"), "{doc}");
     let with_file = |file: &std::path::Path| {
         conf(
-            json!({"endpoints": etcd.endpoints(), "timeoutMs": 1000, "username": "weft", "passwordFile": file}),
+            json!({"endpoints": etcd.endpoints(), "timeoutMs": 1000, "username": "weft", "passwordFile": file,
+                   "allowPasswordOverHttp": true}),
             &dir.path,
         )
     };

@@ -13,11 +13,13 @@ pub fn init(log_file: Option<&Path>, level: Option<&str>) {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
+    // Logs name containers, addresses and paths: not for every local user.
     let opened = log_file.map(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
+        std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create(true).append(true),
+            0o600,
+        )
+        .open(p)
     });
     match opened {
         Some(Ok(file)) => {
