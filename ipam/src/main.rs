@@ -2,9 +2,9 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use weft_cni::result::{CniResult, IpConfig};
@@ -111,7 +111,10 @@ impl FileHints {
                     .open(&tmp)
             })
             .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, &serde_json::to_vec(&self.map).unwrap_or_default())
+                std::io::Write::write_all(
+                    &mut f,
+                    &serde_json::to_vec(&self.map).unwrap_or_default(),
+                )
             })
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = written {

@@ -52,6 +52,47 @@ impl Drop for Agent {
     }
 }
 
+/// Writes `net`'s conflist into `host`'s dir, for weftctl.
+pub fn write_conf(host: &Host, net: &Network) -> Result<PathBuf> {
+    let path = host.dir.path.join(format!("{}.conflist", net.name()));
+    std::fs::write(&path, serde_json::to_vec_pretty(&net.conflist)?)?;
+    Ok(path)
+}
+
+/// Runs `weftctl ARGS --conf <net's conflist>` on `host`.
+pub fn weftctl(host: &Host, net: &Network, args: &[&str]) -> Result<std::process::Output> {
+    let conf = write_conf(host, net)?;
+    host.netns
+        .command(&plugin_bin("weftctl")?.to_string_lossy())?
+        .args(args)
+        .arg("--conf")
+        .arg(&conf)
+        .output()
+        .context("running weftctl")
+}
+
+/// Starts `weftctl agent` for `net` on `host`, logging to its dir.
+pub fn start_agent(host: &Host, net: &Network, ttl: u32) -> Result<Agent> {
+    let conf = write_conf(host, net)?;
+    let log = std::fs::File::create(host.dir.path.join("agent.log"))?;
+    let child = host
+        .netns
+        .command(&plugin_bin("weftctl")?.to_string_lossy())?
+        .args(["agent", "--ttl", &ttl.to_string(), "--conf"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting weftctl agent")?;
+    let token = cleanup::register(Resource::Process(child.id() as i32));
+    // For the start-up sweep, should this run be killed outright.
+    let pidfile = host.dir.path.join(format!("agent-{}.pid", child.id()));
+    std::fs::write(pidfile, child.id().to_string())?;
+    Ok(Agent {
+        child: Some((child, token)),
+    })
+}
+
 pub struct Cluster {
     pub label: String,
     // Drop order: hosts (their OVS), then etcd, then the fabric.
@@ -163,12 +204,7 @@ impl Cluster {
 
     /// Writes `net`'s conflist into the host's dir, for weftctl.
     pub fn write_conf(&self, host: usize, net: &Network) -> Result<PathBuf> {
-        let path = self.hosts[host]
-            .dir
-            .path
-            .join(format!("{}.conflist", net.name()));
-        std::fs::write(&path, serde_json::to_vec_pretty(&net.conflist)?)?;
-        Ok(path)
+        write_conf(&self.hosts[host], net)
     }
 
     /// Runs `weftctl ARGS --conf <net's conflist>` on `host`.
@@ -178,40 +214,11 @@ impl Cluster {
         net: &Network,
         args: &[&str],
     ) -> Result<std::process::Output> {
-        let conf = self.write_conf(host, net)?;
-        let out = self.hosts[host]
-            .netns
-            .command(&plugin_bin("weftctl")?.to_string_lossy())?
-            .args(args)
-            .arg("--conf")
-            .arg(&conf)
-            .output()
-            .context("running weftctl")?;
-        Ok(out)
+        weftctl(&self.hosts[host], net, args)
     }
 
     pub fn start_agent(&self, host: usize, net: &Network, ttl: u32) -> Result<Agent> {
-        let conf = self.write_conf(host, net)?;
-        let log = std::fs::File::create(self.hosts[host].dir.path.join("agent.log"))?;
-        let child = self.hosts[host]
-            .netns
-            .command(&plugin_bin("weftctl")?.to_string_lossy())?
-            .args(["agent", "--ttl", &ttl.to_string(), "--conf"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting weftctl agent")?;
-        let token = cleanup::register(Resource::Process(child.id() as i32));
-        // For the start-up sweep, should this run be killed outright.
-        let pidfile = self.hosts[host]
-            .dir
-            .path
-            .join(format!("agent-{}.pid", child.id()));
-        std::fs::write(pidfile, child.id().to_string())?;
-        Ok(Agent {
-            child: Some((child, token)),
-        })
+        start_agent(&self.hosts[host], net, ttl)
     }
 
     /// Everything worth reading when traffic across the cluster fails: the

@@ -160,7 +160,13 @@ fn users_with_a_password_file() {
     );
     assert!(!ok);
     assert_eq!(doc["code"], 7, "{doc}");
-    assert!(doc["msg"].as_str().unwrap().contains("allowPasswordOverHttp"), "{doc}");
+    assert!(
+        doc["msg"]
+            .as_str()
+            .unwrap()
+            .contains("allowPasswordOverHttp"),
+        "{doc}"
+    );
     let with_file = |file: &std::path::Path| {
         conf(
             json!({"endpoints": etcd.endpoints(), "timeoutMs": 1000, "username": "weft", "passwordFile": file,

@@ -332,13 +332,35 @@ fn gateway_host_route_portmap_and_nat() {
     let ip = weft_harness::runtime::first_address(&r).unwrap();
     let host_ip = &c.underlay_ips[0];
     assert!(ctr.netns.ping("10.252.0.1"), "container -> gateway");
-    assert!(ctr.netns.ping(host_ip), "container -> its host");
     assert!(c.hosts[0].netns.ping(&ip), "host -> container");
-    // The fabric has no route to 10.252/16: only masquerading gets an answer.
+    // Without hostAccess the host's other addresses and the underlay's
+    // subnet (etcd, the other hosts) are shut.
     assert!(
-        ctr.netns.ping(weft_harness::fabric::FABRIC_IP),
-        "outbound NAT"
+        !ctr.netns.ping(host_ip),
+        "container -> its host's underlay address"
     );
+    assert!(
+        !ctr.netns.ping(weft_harness::fabric::FABRIC_IP),
+        "container -> the underlay's subnet"
+    );
+    // Somewhere beyond the underlay, which has no route to 10.252/16: only
+    // masquerading gets an answer.
+    c.fabric
+        .netns
+        .ok(&["ip", "addr", "add", "203.0.113.1/32", "dev", "lo"])
+        .unwrap();
+    c.hosts[0]
+        .netns
+        .ok(&[
+            "ip",
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            weft_harness::fabric::FABRIC_IP,
+        ])
+        .unwrap();
+    assert!(ctr.netns.ping("203.0.113.1"), "outbound NAT");
 
     // A second host serves the same gateway address with the same MAC.
     let blue1 = gw("blue", "10.252.0.0/16", "10.252.0.1", 1);
@@ -391,4 +413,19 @@ fn gateway_host_route_portmap_and_nat() {
         .unwrap();
     assert!(g.netns.ping("10.253.0.1"));
     assert!(!g.netns.ping(&ip), "green reached blue through the host");
+    assert!(!g.netns.ping("10.252.0.1"), "green reached blue's gateway");
+
+    // hostAccess opens the host and the underlay, on the next ADD.
+    let mut open = gw("blue", "10.252.0.0/16", "10.252.0.1", 0);
+    open.conflist["plugins"][0]["hostAccess"] = json!(true);
+    let ctr2 = Container::new("gwc2").unwrap();
+    open.add(&c.hosts[0], &ctr2, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap();
+    assert!(ctr.netns.ping(host_ip), "hostAccess: container -> its host");
+    assert!(
+        ctr.netns.ping(weft_harness::fabric::FABRIC_IP),
+        "hostAccess: container -> the underlay"
+    );
+    assert!(!g.netns.ping(host_ip), "green has no hostAccess");
 }

@@ -2,6 +2,12 @@
 //! tunnels in step with the registry. A watch on the registry wakes it the
 //! moment a host joins or leaves; a periodic pass repairs anything else
 //! (a restarted ovs-vswitchd, a hand-deleted port).
+//!
+//! It also keeps this host's nftables tables in place (the gateway firewall
+//! and the host-end rule): at every pass, and within moments of anyone
+//! changing the ruleset (`nft flush ruleset`, a firewall service starting),
+//! which it hears of on nftables' netlink multicast group. Without `etcd`
+//! that is all it does.
 
 use std::time::{Duration, Instant};
 
@@ -62,9 +68,98 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
     Ok(changed)
 }
 
+/// Puts back what a flush or a hand edit took from this host's firewall:
+/// the gateway table, the gateways' ARP settings, the host-end rule.
+/// Returns how many of those it had to repair.
+pub fn firewall_upkeep(l: &Loaded) -> Result<usize> {
+    let Some(mut ovs) = Ovs::connect_if_running(&l.weft.ovsdb_socket).map_err(cni)? else {
+        return Ok(0);
+    };
+    let mut fixed = 0;
+    if weft::firewall::sync(&mut ovs).map_err(cni)? {
+        fixed += 1;
+    }
+    for g in weft::firewall::from_ovs(&mut ovs).map_err(cni)? {
+        let path = format!("/proc/sys/net/ipv4/conf/{}/arp_ignore", g.port);
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() != "1" => {
+                weft::overlay::gateway::restrict_arp(&g.port).map_err(cni)?;
+                fixed += 1;
+            }
+            _ => {}
+        }
+    }
+    let netdev = ovs
+        .bridge_datapath(&l.weft.bridge)
+        .map_err(cni)?
+        .is_some_and(|dp| dp == "netdev");
+    if (netdev || !weft::config::kernel_datapath_available())
+        && ovs.bridge_exists(&l.weft.bridge).map_err(cni)?
+        && !weft::hostend::input_drop_present().map_err(cni)?
+    {
+        weft::hostend::ensure_input_drop().map_err(cni)?;
+        fixed += 1;
+    }
+    if fixed > 0 {
+        tracing::info!(fixed, "firewall repaired");
+    }
+    Ok(fixed)
+}
+
+/// Repairs the firewall whenever the ruleset changes, on a thread of its
+/// own: a burst of changes (one `nft -f` sends several) is one repair.
+fn watch_firewall(l: &Loaded) -> Result<()> {
+    let sock = weft::nft::watch_ruleset().context("listening for nftables changes")?;
+    let l = l.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if sock.recv(&mut &mut buf[..], 0).is_err() {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            // Drain the rest of the burst, our own repair's echo included.
+            while sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
+            if let Err(e) = firewall_upkeep(&l) {
+                tracing::warn!(error = %format!("{e:#}"), "firewall repair failed");
+            }
+            while sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
+        }
+    });
+    Ok(())
+}
+
+/// Without `etcd`: only the firewall, until SIGTERM or SIGINT.
+fn run_local(l: &Loaded) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            if let Err(e) = firewall_upkeep(l) {
+                tracing::warn!(error = %format!("{e:#}"), "firewall repair failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RESYNC) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("stopping");
+        Ok(())
+    })
+}
+
 /// Runs until SIGTERM or SIGINT, then gives up the lease so peers drop this
 /// host's tunnels at once rather than when the lease runs out.
 pub fn run(l: &Loaded, ttl: i64) -> Result<()> {
+    watch_firewall(l)?;
+    if l.weft.overlay.is_none() {
+        return run_local(l);
+    }
     let mut backoff = Duration::from_millis(200);
     loop {
         match session(l, ttl) {
@@ -113,6 +208,7 @@ fn session(l: &Loaded, ttl: i64) -> Result<()> {
     tracing::info!(node = %me.name, ip = %me.ip, lease, "registered");
     let n = reconcile_all(l, &mut store)?;
     tracing::info!(changed = n, "initial reconcile");
+    firewall_upkeep(l)?;
 
     let every = Duration::from_millis((ttl as u64 * 1000) / 3);
     let mut next_keepalive = Instant::now() + every;
@@ -169,6 +265,7 @@ fn session(l: &Loaded, ttl: i64) -> Result<()> {
         }
         if now >= next_resync {
             reconcile_all(l, &mut store)?;
+            firewall_upkeep(l)?;
             next_resync = now + RESYNC;
         }
     }

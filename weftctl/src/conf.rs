@@ -11,6 +11,7 @@ use weft_cni::config::NetConf;
 use weft_ipam::config::IpamConfig;
 use weft_ipam::etcd::EtcdStore;
 
+#[derive(Clone)]
 pub struct Loaded {
     pub weft: Config,
     /// The weft plugin's config as weft itself would get it.

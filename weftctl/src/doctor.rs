@@ -88,6 +88,8 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
         }
     }
 
+    firewall(cfg, module, ovs.as_mut(), &mut c);
+
     let Some(o) = cfg.overlay.as_ref() else {
         c.put(
             "overlay",
@@ -228,12 +230,21 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             }
         }
     }
-    if !weft::config::kernel_datapath_available() {
+    Ok(finish(c, json))
+}
+
+/// This host's nftables: the host-end rule, nft itself, the gateway table.
+fn firewall(cfg: &weft::config::Config, module: bool, mut ovs: Option<&mut Ovs>, c: &mut Checks) {
+    let netdev_bridge = ovs
+        .as_mut()
+        .and_then(|o| o.bridge_datapath(&cfg.bridge).ok().flatten())
+        .is_some_and(|dp| dp == "netdev");
+    if !module || netdev_bridge {
         let (status, msg) = match weft::hostend::input_drop_present() {
             Ok(true) => (Status::Ok, "the IP stack ignores host ends (inet weft-hostends)".to_string()),
             Ok(false) => (
                 Status::Fail,
-                "nftables table inet weft-hostends is missing (flushed?): containers can reach this host's IP stack until the next ADD puts it back".to_string(),
+                "nftables table inet weft-hostends is missing (flushed?): containers can reach this host's IP stack until weftctl agent or the next ADD puts it back".to_string(),
             ),
             Err(e) => (Status::Fail, format!("cannot read nftables: {}", e.msg)),
         };
@@ -254,7 +265,54 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             },
         );
     }
-    Ok(finish(c, json))
+    if let Some(o) = ovs {
+        gateways(o, c);
+    }
+}
+
+/// The gateway firewall matches the gateways OVS records, and each gateway
+/// answers ARP only for its own address.
+fn gateways(o: &mut Ovs, c: &mut Checks) {
+    let gws = match weft::firewall::from_ovs(o) {
+        Ok(g) => g,
+        Err(e) => return c.put("gateway firewall", Status::Fail, e.msg),
+    };
+    if gws.is_empty() {
+        return;
+    }
+    let (status, msg) = match weft::firewall::current(&gws) {
+        Ok(true) => (
+            Status::Ok,
+            format!("inet {} holds the rules of {} gateways", weft::firewall::TABLE, gws.len()),
+        ),
+        Ok(false) => (
+            Status::Fail,
+            format!(
+                "inet {} is missing or stale (flushed, or a gateway changed): weftctl agent or the next ADD rebuilds it",
+                weft::firewall::TABLE
+            ),
+        ),
+        Err(e) => (Status::Fail, format!("cannot read nftables: {}", e.msg)),
+    };
+    c.put("gateway firewall", status, msg);
+    for g in &gws {
+        let knob = |k: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{}/{k}", g.port))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let (ignore, filter) = (knob("arp_ignore"), knob("arp_filter"));
+        if ignore.is_empty() {
+            continue;
+        }
+        if ignore != "1" || filter != "1" {
+            c.put(
+                &format!("gateway {}", g.port),
+                Status::Fail,
+                format!("arp_ignore={ignore} arp_filter={filter}: it answers ARP for other host addresses; weftctl agent fixes it"),
+            );
+        }
+    }
 }
 
 fn finish(c: Checks, json: bool) -> bool {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde_json::json;
 use weft::link::Netlink;
 use weft::names::ids;
-use weft::overlay::gateway::{self, GATEWAY_FOR};
+use weft::overlay::gateway::GATEWAY_FOR;
 use weft::overlay::registry;
 use weft::overlay::tunnels;
 use weft::ovs::Ovs;
@@ -135,7 +135,6 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
             let kind = if p.id(tunnels::ids::TUNNEL_FOR).is_some() {
                 "tunnel"
             } else if p.id(GATEWAY_FOR).is_some() {
-                gateway::remove_rules(&p.name).map_err(cni)?;
                 "gateway"
             } else {
                 nl.delete(nl.host(), &p.name).map_err(cni)?;
@@ -145,6 +144,14 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
         }
         if ovs.remove_own_bridge(&l.weft.bridge).map_err(cni)? {
             r.add("removed", "bridge", l.weft.bridge.clone());
+        }
+        if weft::nft::chain_exists(weft::firewall::TABLE, "forward").unwrap_or(false) {
+            weft::firewall::remove().map_err(cni)?;
+            r.add(
+                "removed",
+                "nftables",
+                format!("inet {}", weft::firewall::TABLE),
+            );
         }
         if weft::hostend::input_drop_present().unwrap_or(false) {
             weft::hostend::remove_input_drop().map_err(cni)?;

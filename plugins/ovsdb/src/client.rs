@@ -142,6 +142,21 @@ impl Client {
         check_results(result, ops.len())
     }
 
+    /// Sends a transaction and returns without reading its reply, so the
+    /// caller can work while ovsdb-server answers ([`Client::finish_read`]).
+    pub fn begin(&mut self, ops: &[Value]) -> Result<PendingRead, OvsError> {
+        let id = self.request("transact", txn_params(ops))?;
+        Ok(PendingRead {
+            id,
+            n_ops: ops.len(),
+        })
+    }
+
+    pub fn finish_read(&mut self, p: PendingRead) -> Result<Vec<Value>, OvsError> {
+        let result = self.reply_to(p.id)?;
+        check_results(result, p.n_ops)
+    }
+
     /// Runs a transaction that bumps `next_cfg` and returns once ovs-vswitchd
     /// reports it applied (cur_cfg caught up), as `ovs-vsctl` does by default.
     pub fn transact_and_wait(&mut self, ops: &[Value]) -> Result<Vec<Value>, OvsError> {
@@ -228,6 +243,13 @@ impl Client {
             }
         }
     }
+}
+
+/// A transaction sent by [`Client::begin`], not yet read back.
+#[must_use = "read its reply with finish_read"]
+pub struct PendingRead {
+    id: u64,
+    n_ops: usize,
 }
 
 /// A transaction sent by [`Client::send_and_wait`], not yet read back.

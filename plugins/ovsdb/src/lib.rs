@@ -11,7 +11,7 @@
 mod client;
 pub mod plan;
 
-pub use client::{Client, OvsError, OvsErrorKind, PendingTxn};
+pub use client::{Client, OvsError, OvsErrorKind, PendingRead, PendingTxn};
 
 /// `["map", [[k, v], ...]]` from pairs, the wire form of an OVSDB map.
 pub fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> serde_json::Value {

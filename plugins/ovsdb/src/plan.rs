@@ -16,16 +16,21 @@ fn uuid_set(uuids: &[String]) -> Value {
 /// Creates `bridge` with its internal port and hooks it to the root row.
 /// The Bridge name is unique in the schema, so a racing creator makes this
 /// transaction fail rather than produce two bridges.
+/// `port_tag` puts the bridge's own port on a VLAN, so it is not a trunk.
 pub fn create_bridge(
     bridge: &str,
     datapath_type: &str,
     external_ids: &[(&str, &str)],
+    port_tag: Option<u32>,
 ) -> Vec<Value> {
+    let mut port = json!({"name": bridge, "interfaces": named("iface")});
+    if let Some(t) = port_tag {
+        port["tag"] = json!(t);
+    }
     vec![
         json!({"op": "insert", "table": "Interface", "uuid-name": "iface",
                "row": {"name": bridge, "type": "internal"}}),
-        json!({"op": "insert", "table": "Port", "uuid-name": "port",
-               "row": {"name": bridge, "interfaces": named("iface")}}),
+        json!({"op": "insert", "table": "Port", "uuid-name": "port", "row": port}),
         json!({"op": "insert", "table": "Bridge", "uuid-name": "br",
                "row": {"name": bridge, "ports": named("port"), "datapath_type": datapath_type,
                        "external_ids": map(external_ids.iter().copied())}}),
@@ -156,6 +161,79 @@ pub fn find_port_by_name(name: &str) -> Vec<Value> {
     ]
 }
 
+/// Sets the given external_ids of the port named `name`, keeping the rest.
+pub fn set_port_ids(name: &str, ids: &[(String, String)]) -> Vec<Value> {
+    let keys: Vec<Value> = ids.iter().map(|(k, _)| json!(k)).collect();
+    vec![
+        json!({"op": "mutate", "table": "Port", "where": [["name", "==", name]],
+               "mutations": [["external_ids", "delete", ["set", keys]]]}),
+        json!({"op": "mutate", "table": "Port", "where": [["name", "==", name]],
+               "mutations": [["external_ids", "insert", pairs(ids)]]}),
+    ]
+}
+
+/// A bridge's external_ids.
+pub fn bridge_ids(bridge: &str) -> Vec<Value> {
+    vec![
+        json!({"op": "select", "table": "Bridge", "where": [["name", "==", bridge]],
+                "columns": ["external_ids"]}),
+    ]
+}
+
+/// Adds `key=value` to a bridge's external_ids, only if they are still
+/// exactly `seen`: two processes claiming at once cannot both succeed.
+pub fn claim_bridge_id(
+    bridge: &str,
+    seen: &[(String, String)],
+    key: &str,
+    value: &str,
+) -> Vec<Value> {
+    vec![
+        json!({"op": "wait", "table": "Bridge", "where": [["name", "==", bridge]],
+               "columns": ["external_ids"], "until": "==",
+               "rows": [{"external_ids": pairs(seen)}], "timeout": 0}),
+        json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+               "mutations": [["external_ids", "insert", map([(key, value)])]]}),
+    ]
+}
+
+/// Fails the transaction it rides in unless the bridge's external_ids
+/// still hold `key=value`.
+pub fn expect_bridge_id(bridge: &str, key: &str, value: &str) -> Vec<Value> {
+    vec![json!({"op": "wait", "table": "Bridge",
+                "where": [["name", "==", bridge], ["external_ids", "includes", map([(key, value)])]],
+                "columns": ["name"], "until": "==", "rows": [{"name": bridge}], "timeout": 0})]
+}
+
+/// Removes keys from a bridge's external_ids.
+pub fn remove_bridge_ids(bridge: &str, keys: &[String]) -> Vec<Value> {
+    let keys: Vec<Value> = keys.iter().map(|k| json!(k)).collect();
+    vec![
+        json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+                "mutations": [["external_ids", "delete", ["set", keys]]]}),
+    ]
+}
+
+/// The VLAN tags of ports, by name (all of them when `names` is empty).
+pub fn port_tags(names: &[&str]) -> Vec<Value> {
+    let cond = if names.is_empty() {
+        json!([])
+    } else {
+        let set: Vec<Value> = names.iter().map(|n| json!(n)).collect();
+        json!([["name", "includes", ["set", set]]])
+    };
+    vec![json!({"op": "select", "table": "Port", "where": cond,
+                "columns": ["_uuid", "name", "tag", "external_ids"]})]
+}
+
+/// Puts the port named `name` on VLAN `tag`.
+pub fn set_port_tag(name: &str, tag: u32) -> Vec<Value> {
+    vec![
+        json!({"op": "update", "table": "Port", "where": [["name", "==", name]],
+                "row": {"tag": tag}}),
+    ]
+}
+
 /// A bridge's ports and datapath type.
 pub fn bridge(bridge: &str) -> Vec<Value> {
     vec![
@@ -256,7 +334,7 @@ mod tests {
 
     #[test]
     fn create_bridge_links_root_row() {
-        let ops = create_bridge("br0", "netdev", &[]);
+        let ops = create_bridge("br0", "netdev", &[], None);
         assert_eq!(ops.len(), 4);
         assert_eq!(ops[2]["row"]["datapath_type"], "netdev");
         assert_eq!(ops[3]["table"], "Open_vSwitch");

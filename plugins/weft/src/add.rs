@@ -15,6 +15,7 @@ use weft_cni::Command;
 use weft_ovsdb::plan::{self, PortSpec};
 
 use crate::config::{kernel_datapath_available, Config};
+use crate::firewall::{self, GatewayRules};
 use crate::link::Netlink;
 use crate::names::{self, ids};
 use crate::overlay::gateway::{self, Gateway};
@@ -22,7 +23,7 @@ use crate::overlay::tunnels::ids::TUNNEL_FOR;
 use crate::overlay::{self, underlay};
 use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;
-use crate::{ethtool, garp, hostend, netns};
+use crate::{ethtool, garp, hostend, netns, vlan};
 
 pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let t0 = *crate::STARTED.get_or_init(std::time::Instant::now);
@@ -77,6 +78,13 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     // at the end of ADD, which single-host networks need not pay.
     let mut cont = nl.enter(&container_ns, cfg.overlay.is_some())?;
     let ovs = RefCell::new(Ovs::connect(&cfg.ovsdb_socket)?);
+    let wanted_dp = cfg.datapath.resolve(kernel_datapath_available);
+    // A single-host network's VLAN is recorded on the bridge: asked now,
+    // read once the veth is made.
+    let vlan_question = match cfg.overlay {
+        None => Some(ovs.borrow_mut().begin_bridge_ids(&cfg.bridge)?),
+        Some(_) => None,
+    };
     let mut undo = Undo::new();
     phase("ipam started, connected");
     let created = nl.create_veth(&cont, ifname, &host_name, &host_ns, mtu, mac.map(|m| m.0));
@@ -142,10 +150,17 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         None => None,
     };
     phase("registry read");
+    let local_tag = vlan_question
+        .map(|q| {
+            ovs.borrow_mut()
+                .local_vlan(q, &cfg.bridge, &cfg.network, wanted_dp)
+        })
+        .transpose()?;
+    // An overlay network's VNI is also its VLAN on every host's bridge.
+    let tag = view.as_ref().map(|v| v.network.vni).or(local_tag);
     let spec = PortSpec {
         name: host_name.clone(),
-        // The network's VNI is also its VLAN on every host's bridge.
-        tag: view.as_ref().map(|v| v.network.vni),
+        tag,
         external_ids: tags
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -155,10 +170,25 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     // The tunnels and the gateway are looked up in the attach transaction,
     // so reconciling them costs nothing when they are as they should be.
     let gw_name = names::gateway_port(&cfg.network);
-    let extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
+    let mut extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
         .into_iter()
         .chain(plan::find_port_by_name(&gw_name))
         .collect();
+    if cfg.gateway {
+        extra.extend(plan::find_ports(&[(
+            firewall::ids::KIND,
+            firewall::ids::GATEWAY,
+        )]));
+    }
+    // The VLAN must still be this network's when the port goes on it: GC
+    // may forget an unused one at any moment.
+    if let Some(t) = local_tag {
+        extra.extend(plan::expect_bridge_id(
+            &cfg.bridge,
+            &vlan::key(&cfg.network),
+            &t.to_string(),
+        ));
+    }
     // ovs-vswitchd opens the port while we bring the container end up.
     let attaching = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra);
     undo.push("ovs port", || {
@@ -180,7 +210,6 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     nl.set_up(&cont.handle, link.index)?;
     phase("both ends up");
 
-    let wanted_dp = cfg.datapath.resolve(kernel_datapath_available);
     let (datapath, found) =
         ovs.borrow_mut()
             .finish_attach(attaching, &cfg.bridge, wanted_dp, &spec, &extra)?;
@@ -192,7 +221,14 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         overlay::reconcile(&mut o, &cfg.bridge, &cfg.network, view, &existing)?;
         phase("tunnels reconciled");
     }
-    let gw_exists = found.get(1).is_some_and(weft_ovsdb::has_rows);
+    let gw_found = found.get(1).map(ovs_mod::found_ports).unwrap_or_default();
+    let gateways: Vec<GatewayRules> = found
+        .get(2)
+        .map(ovs_mod::found_ports)
+        .unwrap_or_default()
+        .iter()
+        .map(GatewayRules::from_port)
+        .collect();
     if datapath == "netdev" {
         ethtool::disable_tx_checksum(&cont.ioctl, ifname)?;
         // A netdev bridge on a host that has the module: known only now,
@@ -228,14 +264,27 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     phase("addresses set");
     let mut routes = ipam.routes.clone();
     if cfg.gateway {
+        let underlay = match &underlay {
+            Some(u) => underlay::subnets(&nl, u)?,
+            None => Vec::new(),
+        };
         let g = Gateway {
             network: &cfg.network,
             bridge: &cfg.bridge,
             tag: spec.tag,
             mtu,
             ip_masq: cfg.ip_masq,
+            host_access: cfg.host_access,
+            underlay,
         };
-        gateway::ensure(&nl, &mut ovs.borrow_mut(), &g, gw_exists, &ipam.ips)?;
+        gateway::ensure(
+            &nl,
+            &mut ovs.borrow_mut(),
+            &g,
+            gw_found.first(),
+            &gateways,
+            &ipam.ips,
+        )?;
         phase("gateway ready");
         // The gateway is the way out, as with the reference bridge plugin's
         // isDefaultGateway, unless IPAM already routes the default.

@@ -10,10 +10,44 @@ use crate::config::Config;
 use crate::link::Netlink;
 use crate::names::{self, ids};
 use crate::netns;
+use crate::overlay::registry;
 use crate::ovs::Ovs;
 
 fn mismatch(msg: impl Into<String>) -> Error {
     Error::new(error::CHECK_MISMATCH, msg)
+}
+
+/// The port is an access port of its network's VLAN: the VNI in the
+/// registry, or the tag the bridge records for a single-host network.
+fn check_vlan(cfg: &Config, ovs: &mut Ovs, port: &str) -> Result<()> {
+    let want = match &cfg.overlay {
+        None => ovs
+            .local_vlans(&cfg.bridge)?
+            .into_iter()
+            .find(|(n, _)| *n == cfg.network)
+            .map(|(_, t)| t),
+        Some(o) => {
+            let mut store = weft_ipam::etcd::EtcdStore::connect(&o.etcd)?;
+            registry::view(&mut store, &cfg.network, &o.node)?.map(|v| v.network.vni)
+        }
+    };
+    let have = ovs
+        .port_tags(&[port])?
+        .into_iter()
+        .next()
+        .and_then(|(_, t)| t);
+    match (want, have) {
+        (Some(w), Some(h)) if w == h => Ok(()),
+        (None, _) => Err(mismatch(format!(
+            "network {} has no VLAN on record for bridge {}",
+            cfg.network, cfg.bridge
+        ))),
+        (Some(w), h) => Err(mismatch(format!(
+            "OVS port {port} is on VLAN {}, network {} is on {w}",
+            h.map_or("none (a trunk)".to_string(), |t| t.to_string()),
+            cfg.network
+        ))),
+    }
 }
 
 pub fn check(ctx: &Context, cfg: &Config) -> Result<()> {
@@ -100,6 +134,7 @@ pub fn check(ctx: &Context, cfg: &Config) -> Result<()> {
         )));
     }
     ovs.port_healthy(&host_name)?;
+    check_vlan(cfg, &mut ovs, &host_name)?;
 
     delegate::exec(&ipam_bin, Command::Check, &cfg.raw)?;
     Ok(())

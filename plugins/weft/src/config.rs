@@ -54,6 +54,9 @@ pub struct Config {
     pub gateway: bool,
     /// Masquerade traffic leaving the network through the host.
     pub ip_masq: bool,
+    /// Let containers reach every address of the host (not only their own
+    /// gateway's) and the underlay's subnet.
+    pub host_access: bool,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub ipam_type: String,
@@ -122,6 +125,12 @@ impl Config {
                 "ipMasq needs gateway: true (traffic leaves through the host's gateway)",
             ));
         }
+        let host_access = flag("hostAccess")?;
+        if host_access && !gateway {
+            return Err(Error::config(
+                "hostAccess needs gateway: true (the host is reached through the gateway)",
+            ));
+        }
         let overlay = Overlay::parse(raw, &crate::overlay::config::hostname())?;
 
         let log_file = opt_str(raw, "logFile")?.map(PathBuf::from);
@@ -150,6 +159,7 @@ impl Config {
             overlay,
             gateway,
             ip_masq,
+            host_access,
             log_file,
             log_level,
             ipam_type,
@@ -178,7 +188,7 @@ mod tests {
         let c = parse(json!({})).unwrap();
         assert_eq!(c.bridge, "br-weft");
         assert_eq!(c.mtu, None);
-        assert!(c.overlay.is_none() && !c.gateway && !c.ip_masq);
+        assert!(c.overlay.is_none() && !c.gateway && !c.ip_masq && !c.host_access);
         assert_eq!(c.datapath, Datapath::Auto);
         assert_eq!(c.ipam_type, "host-local");
     }
@@ -198,6 +208,8 @@ mod tests {
             (json!({"ipam": "host-local"}), "ipam"),
             (json!({"gateway": "yes"}), "gateway"),
             (json!({"ipMasq": true}), "ipMasq"),
+            (json!({"hostAccess": true}), "hostAccess"),
+            (json!({"gateway": true, "hostAccess": 1}), "hostAccess"),
             (json!({"tunnel": {"type": "gre"}}), "tunnel"),
             (json!({"etcd": {"endpoints": ["x"]}}), "etcd.endpoints[0]"),
         ] {

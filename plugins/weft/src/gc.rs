@@ -45,6 +45,16 @@ pub fn gc(ctx: &Context, cfg: &Config) -> Result<()> {
         nl.delete(nl.host(), &p.name)?;
         tracing::info!(port = %p.name, container = p.id(ids::CONTAINER_ID).unwrap_or("?"), "collected stale port");
     }
+    // A single-host network with nothing left on the bridge gives up its
+    // VLAN; a later ADD claims one again (ADD guards against this race).
+    if cfg.overlay.is_none()
+        && ovs.find_tagged(&[(ids::NETWORK, &cfg.network)])?.is_empty()
+        && ovs
+            .find_by_name(&crate::names::gateway_port(&cfg.network))?
+            .is_none()
+    {
+        ovs.forget_local_vlan(&cfg.bridge, &cfg.network)?;
+    }
     delegate::exec_if_supported(&ipam_bin, Command::Gc, &cfg.raw)?;
     Ok(())
 }

@@ -34,16 +34,6 @@ use weft_cni::error::{self, Error, Result};
 pub const TABLE: &str = "weft-hostends";
 const CHAIN: &str = "in";
 
-const NETLINK_NETFILTER: isize = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFPROTO_INET: u8 = 1;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLMSG_ERROR: u16 = 0x2;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-
 /// Turns IPv6 off on a host link; must run on a thread in the host's netns.
 pub fn disable_ipv6(name: &str) -> Result<()> {
     let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
@@ -69,104 +59,22 @@ fn hostend_err(msg: impl Into<String>) -> Error {
 /// conntrack, so a container's packets create no state either.
 pub fn script() -> String {
     format!(
-        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  \
+        "{drop}table inet {TABLE} {{\n  \
          chain {CHAIN} {{\n    type filter hook prerouting priority -300; policy accept;\n    \
          iifname \"{prefix}*\" drop\n  }}\n}}\n",
+        drop = crate::nft::drop_table(TABLE),
         prefix = crate::names::HOST_VETH_PREFIX
     )
 }
 
-fn attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// NFT_MSG_GETCHAIN for our chain: answered with the chain and an ack, or
-/// with ENOENT.
-pub fn get_chain_request() -> Vec<u8> {
-    let mut attrs = Vec::new();
-    attr(&mut attrs, NFTA_CHAIN_TABLE, &cstr(TABLE));
-    attr(&mut attrs, NFTA_CHAIN_NAME, &cstr(CHAIN));
-    let len = 16 + 4 + attrs.len();
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN).to_ne_bytes());
-    buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    buf.extend_from_slice(&1u32.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family, version, res_id.
-    buf.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
-    buf.extend_from_slice(&attrs);
-    buf
-}
-
-/// Sends `request` and waits for its ack: Err(errno) when refused.
-fn ask(request: &[u8]) -> std::result::Result<(), i32> {
-    use std::os::fd::AsRawFd;
-    let os = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-    let sock = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(os)?;
-    // An answer that never comes must not hang ADD.
-    let timeout = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid socket and a timeval of the size passed.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::from_ref(&timeout).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
-    sock.send(request, 0).map_err(os)?;
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = sock.recv(&mut &mut buf[..], 0).map_err(os)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let word = |at: usize| [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
-            let len = u32::from_ne_bytes(word(off)) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                return Err(libc::EPROTO);
-            }
-            if kind == NLMSG_ERROR && len >= 20 {
-                return match i32::from_ne_bytes(word(off + 16)) {
-                    0 => Ok(()),
-                    code => Err(-code),
-                };
-            }
-            off += len.next_multiple_of(4);
-        }
-    }
-}
-
 /// Whether the host-end rule is in place (for `weftctl doctor`).
 pub fn input_drop_present() -> Result<bool> {
-    match ask(&get_chain_request()) {
-        Ok(()) => Ok(true),
-        Err(libc::ENOENT) => Ok(false),
-        Err(errno) => Err(hostend_err("cannot ask nftables for the host-end rule")
-            .with_details(std::io::Error::from_raw_os_error(errno))),
-    }
+    crate::nft::chain_exists(TABLE, CHAIN)
 }
 
 /// Removes the host-end rule (for `weftctl cleanup`); a missing one is fine.
 pub fn remove_input_drop() -> Result<()> {
-    crate::overlay::gateway::nft(&format!(
-        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
-    ))
+    crate::nft::remove_table(TABLE)
 }
 
 /// Makes sure the host's IP stack drops what arrives on host ends; must run
@@ -176,7 +84,7 @@ pub fn ensure_input_drop() -> Result<()> {
     if input_drop_present()? {
         return Ok(());
     }
-    crate::overlay::gateway::nft(&script()).map_err(|e| {
+    crate::nft::run(&script()).map_err(|e| {
         Error::new(
             e.code,
             format!(
@@ -200,18 +108,5 @@ mod tests {
         assert!(s.contains("hook prerouting priority -300; policy accept;"));
         assert!(s.contains("iifname \"wft*\" drop"));
         assert!(s.starts_with("table inet weft-hostends {}\ndelete table"));
-    }
-
-    #[test]
-    fn get_chain_request_names_table_and_chain() {
-        let b = get_chain_request();
-        assert_eq!(
-            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize,
-            b.len()
-        );
-        assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 0x0a04);
-        assert_eq!(b[16], NFPROTO_INET);
-        let has = |n: &[u8]| b.windows(n.len()).any(|w| w == n);
-        assert!(has(b"weft-hostends\0") && has(b"in\0"));
     }
 }

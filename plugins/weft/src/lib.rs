@@ -9,15 +9,18 @@ pub mod config;
 pub mod del;
 pub mod ethtool;
 pub mod fastdel;
+pub mod firewall;
 pub mod garp;
 pub mod gc;
 pub mod hostend;
 pub mod link;
 pub mod names;
 pub mod netns;
+pub mod nft;
 pub mod overlay;
 pub mod ovs;
 pub mod undo;
+pub mod vlan;
 
 /// When the process started, for the debug log's phase timings.
 pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

@@ -7,9 +7,12 @@ use std::time::Duration;
 use serde_json::Value;
 use weft_cni::error::{self, Error, Result};
 use weft_ovsdb::plan::PortSpec;
-use weft_ovsdb::{plan, read_map, read_uuid, Client, OvsError, OvsErrorKind, PendingTxn};
+use weft_ovsdb::{
+    plan, read_map, read_uuid, Client, OvsError, OvsErrorKind, PendingRead, PendingTxn,
+};
 
 use crate::overlay::tunnels::{self, Existing};
+use crate::vlan;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -157,6 +160,14 @@ impl Ovs {
         Ok(true)
     }
 
+    /// Sets some of a port's external_ids, keeping the others.
+    pub fn set_external_ids(&mut self, port: &str, ids: &[(String, String)]) -> Result<()> {
+        self.client
+            .transact(&plan::set_port_ids(port, ids))
+            .map(|_| ())
+            .map_err(ovs_err)
+    }
+
     /// The tunnel ports weft made for `net` on this host.
     pub fn tunnel_ports(&mut self, net: &str) -> Result<Vec<Existing>> {
         let r = self
@@ -176,18 +187,148 @@ impl Ovs {
     }
 
     fn create_bridge(&mut self, bridge: &str, datapath_type: &str) -> Result<()> {
+        self.create_bridge_with(bridge, datapath_type, &[])
+            .map(|_| ())
+    }
+
+    /// Creates `bridge` with `ids` among its external_ids; false when
+    /// another process created it first.
+    fn create_bridge_with(
+        &mut self,
+        bridge: &str,
+        datapath_type: &str,
+        ids: &[(&str, &str)],
+    ) -> Result<bool> {
+        let mut all = vec![("weft.bridge", "true")];
+        all.extend_from_slice(ids);
         match self.client.transact_and_wait(&plan::create_bridge(
             bridge,
             datapath_type,
-            &[("weft.bridge", "true")],
+            &all,
+            Some(vlan::PARKED),
         )) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // Another ADD created it first: that is what we wanted.
             Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") => {
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(ovs_err(e)),
         }
+    }
+
+    /// Asks for `bridge`'s external_ids without waiting for the answer.
+    pub fn begin_bridge_ids(&mut self, bridge: &str) -> Result<PendingRead> {
+        self.client
+            .begin(&plan::bridge_ids(bridge))
+            .map_err(ovs_err)
+    }
+
+    /// `bridge`'s external_ids, None when there is no such bridge.
+    fn bridge_ids(&mut self, pending: PendingRead) -> Result<Option<Vec<(String, String)>>> {
+        let r = self.client.finish_read(pending).map_err(ovs_err)?;
+        Ok(r.first()
+            .and_then(|r| r["rows"].get(0))
+            .map(|row| read_map(&row["external_ids"])))
+    }
+
+    /// The VLAN of single-host network `net` on `bridge` (see [`vlan`]),
+    /// claimed now if it has none, creating the bridge if need be.
+    /// `pending` is [`Ovs::begin_bridge_ids`]'s question.
+    pub fn local_vlan(
+        &mut self,
+        pending: PendingRead,
+        bridge: &str,
+        net: &str,
+        datapath_type: &str,
+    ) -> Result<u32> {
+        let key = vlan::key(net);
+        let mut ids = self.bridge_ids(pending)?;
+        for _ in 0..16 {
+            match &ids {
+                None => {
+                    let tag = *vlan::LOCAL.start();
+                    if self.create_bridge_with(
+                        bridge,
+                        datapath_type,
+                        &[(&key, &tag.to_string())],
+                    )? {
+                        return Ok(tag);
+                    }
+                }
+                Some(have) => {
+                    if let Some(tag) = vlan::lookup(have, net) {
+                        return Ok(tag);
+                    }
+                    let tag = vlan::pick(have).ok_or_else(|| {
+                        Error::new(
+                            weft_ipam::alloc::POOL_EXHAUSTED,
+                            format!(
+                                "all {} VLANs for single-host networks on bridge {bridge} are taken",
+                                vlan::LOCAL.count()
+                            ),
+                        )
+                    })?;
+                    match self.client.transact(&plan::claim_bridge_id(
+                        bridge,
+                        have,
+                        &key,
+                        &tag.to_string(),
+                    )) {
+                        Ok(_) => return Ok(tag),
+                        // Another ADD claimed a tag first: look again.
+                        Err(e) if e.kind == OvsErrorKind::Refused => {}
+                        Err(e) => return Err(ovs_err(e)),
+                    }
+                }
+            }
+            let again = self.begin_bridge_ids(bridge)?;
+            ids = self.bridge_ids(again)?;
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            format!("the VLANs on bridge {bridge} kept changing under us; try again"),
+        ))
+    }
+
+    /// The single-host networks `bridge` records VLANs for.
+    pub fn local_vlans(&mut self, bridge: &str) -> Result<Vec<(String, u32)>> {
+        let p = self.begin_bridge_ids(bridge)?;
+        Ok(self
+            .bridge_ids(p)?
+            .map(|ids| vlan::networks(&ids))
+            .unwrap_or_default())
+    }
+
+    /// Forgets single-host network `net`'s VLAN on `bridge` (GC, once no
+    /// port of it is left).
+    pub fn forget_local_vlan(&mut self, bridge: &str, net: &str) -> Result<()> {
+        self.client
+            .transact(&plan::remove_bridge_ids(bridge, &[vlan::key(net)]))
+            .map(|_| ())
+            .map_err(ovs_err)
+    }
+
+    /// Every port with its VLAN tag (None: no tag, a trunk).
+    pub fn port_tags(&mut self, names: &[&str]) -> Result<Vec<(FoundPort, Option<u32>)>> {
+        let r = self
+            .client
+            .transact(&plan::port_tags(names))
+            .map_err(ovs_err)?;
+        let null = Value::Null;
+        let sel = r.first().unwrap_or(&null);
+        let tags: Vec<Option<u32>> = sel["rows"]
+            .as_array()
+            .map(|rows| rows.iter().map(|row| read_tag(&row["tag"])).collect())
+            .unwrap_or_default();
+        Ok(found_ports(sel).into_iter().zip(tags).collect())
+    }
+
+    /// Puts port `name` on VLAN `tag`.
+    pub fn set_port_tag(&mut self, name: &str, tag: u32) -> Result<()> {
+        self.client
+            .transact_and_wait(&plan::set_port_tag(name, tag))
+            .map(|_| ())
+            .map_err(ovs_err)
     }
 
     /// ovs-vswitchd writes `error` or ofport -1 when it cannot use an interface.
@@ -250,21 +391,7 @@ impl Ovs {
 
     fn find(&mut self, ops: Vec<Value>) -> Result<Vec<FoundPort>> {
         let r = self.client.transact(&ops).map_err(ovs_err)?;
-        let rows = r
-            .first()
-            .and_then(|r| r["rows"].as_array())
-            .cloned()
-            .unwrap_or_default();
-        Ok(rows
-            .iter()
-            .filter_map(|row| {
-                Some(FoundPort {
-                    uuid: read_uuid(&row["_uuid"])?.to_string(),
-                    name: row["name"].as_str()?.to_string(),
-                    external_ids: read_map(&row["external_ids"]),
-                })
-            })
-            .collect())
+        Ok(found_ports(r.first().unwrap_or(&Value::Null)))
     }
 
     /// Is `port_uuid` one of `bridge`'s ports?
@@ -346,6 +473,29 @@ impl Ovs {
             .map(|_| ())
             .map_err(ovs_err)
     }
+}
+
+/// An optional integer column: a bare number, or `["set", []]` when empty.
+fn read_tag(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|t| u32::try_from(t).ok())
+}
+
+/// Ports from the rows of a select of Port (name, _uuid, external_ids).
+pub fn found_ports(select_result: &Value) -> Vec<FoundPort> {
+    select_result["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| {
+                    Some(FoundPort {
+                        uuid: read_uuid(&row["_uuid"])?.to_string(),
+                        name: row["name"].as_str()?.to_string(),
+                        external_ids: read_map(&row["external_ids"]),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Tunnel ports from the rows of a select of Port (name, _uuid, external_ids).

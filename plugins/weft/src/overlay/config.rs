@@ -10,7 +10,7 @@ use weft_ipam::config::{parse_etcd, Etcd};
 
 /// VNIs double as the network's VLAN tag on every host's bridge, so they
 /// live in the VLAN range.
-pub const MAX_VNI: u32 = 4094;
+pub use crate::vlan::MAX_VNI;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

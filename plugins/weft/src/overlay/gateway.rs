@@ -4,20 +4,18 @@
 //!
 //! The port is `protected` like the tunnels, so nothing it sends or receives
 //! crosses a tunnel: each host's containers talk to their own host's gateway.
-//! An nftables table per network keeps networks from reaching each other
-//! through the host and, with `ipMasq`, masquerades what leaves it.
-
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+//! The port's external_ids record what the host firewall needs to know of it
+//! ([`crate::firewall`]), which is in place before the port has an address.
 
 use ipnet::IpNet;
 use weft_cni::error::{self, Error, Result};
 use weft_cni::result::IpConfig;
 use weft_ovsdb::plan::PortSpec;
 
+use crate::firewall::{self, GatewayRules};
 use crate::link::Netlink;
 use crate::names;
-use crate::ovs::Ovs;
+use crate::ovs::{FoundPort, Ovs};
 
 pub const GATEWAY_FOR: &str = "weft.gateway_for";
 
@@ -27,9 +25,29 @@ pub struct Gateway<'a> {
     pub tag: Option<u32>,
     pub mtu: u32,
     pub ip_masq: bool,
+    pub host_access: bool,
+    /// The underlay's subnets (overlay networks only).
+    pub underlay: Vec<IpNet>,
 }
 
-pub fn port_spec(g: &Gateway) -> PortSpec {
+/// The firewall's view of this gateway, for addresses `want`.
+pub fn rules(g: &Gateway, want: &[IpNet]) -> GatewayRules {
+    GatewayRules {
+        port: names::gateway_port(g.network),
+        addresses: want.to_vec(),
+        ip_masq: g.ip_masq,
+        host_access: g.host_access,
+        underlay: g.underlay.clone(),
+    }
+}
+
+fn external_ids(g: &Gateway, r: &GatewayRules) -> Vec<(String, String)> {
+    let mut ids = vec![(GATEWAY_FOR.to_string(), g.network.to_string())];
+    ids.extend(r.to_ids());
+    ids
+}
+
+pub fn port_spec(g: &Gateway, r: &GatewayRules) -> PortSpec {
     PortSpec {
         name: names::gateway_port(g.network),
         kind: "internal".into(),
@@ -37,7 +55,7 @@ pub fn port_spec(g: &Gateway) -> PortSpec {
         protected: true,
         mac: Some(names::gateway_mac(g.network)),
         mtu: Some(g.mtu),
-        external_ids: vec![(GATEWAY_FOR.into(), g.network.into())],
+        external_ids: external_ids(g, r),
         ..Default::default()
     }
 }
@@ -49,62 +67,23 @@ pub fn addresses(ips: &[IpConfig]) -> Vec<IpNet> {
         .collect()
 }
 
-/// The nftables table for one network's gateway, replaced as a whole so a
-/// rerun is idempotent: the empty `table` line makes the `delete` safe when
-/// it did not exist yet.
-pub fn nft_script(port: &str, subnets: &[IpNet], ip_masq: bool) -> String {
-    let table = format!("inet {port}");
-    let mut s = format!("table {table} {{}}\ndelete table {table}\ntable {table} {{\n");
-    s += "  chain forward {\n    type filter hook forward priority 0; policy accept;\n";
-    s += &format!("    iifname \"{port}\" oifname \"wgw*\" oifname != \"{port}\" drop\n  }}\n");
-    if ip_masq {
-        s += "  chain postrouting {\n    type nat hook postrouting priority 100; policy accept;\n";
-        for n in subnets {
-            let fam = if n.addr().is_ipv4() { "ip" } else { "ip6" };
-            let n = n.trunc();
-            s += &format!(
-                "    {fam} saddr {n} {fam} daddr != {n} oifname != \"{port}\" masquerade\n"
-            );
-        }
-        s += "  }\n";
-    }
-    s += "}\n";
-    s
-}
-
 fn gw_err(msg: impl Into<String>) -> Error {
     Error::new(error::GATEWAY_FAILURE, msg)
 }
 
-/// Feeds a script to `nft -f -`.
-pub(crate) fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| gw_err("cannot run nft (install nftables)").with_details(e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| gw_err("cannot feed nft").with_details(e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| gw_err("nft failed").with_details(e))?;
-    if !out.status.success() {
-        return Err(gw_err("nft refused the gateway rules")
-            .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+/// Only the gateway's own address is answered for on its port: Linux would
+/// otherwise answer ARP for any of the host's addresses on any interface.
+pub fn restrict_arp(port: &str) -> Result<()> {
+    for (knob, value) in [
+        ("arp_ignore", "1"),
+        ("arp_filter", "1"),
+        ("arp_announce", "2"),
+    ] {
+        let path = format!("/proc/sys/net/ipv4/conf/{port}/{knob}");
+        std::fs::write(&path, value)
+            .map_err(|e| gw_err(format!("cannot write {path}")).with_details(e))?;
     }
     Ok(())
-}
-
-/// Removes a network's nftables table; a missing one is fine.
-pub fn remove_rules(port: &str) -> Result<()> {
-    nft(&format!(
-        "table inet {port} {{}}\ndelete table inet {port}\n"
-    ))
 }
 
 fn enable_forwarding(v6: bool) -> Result<()> {
@@ -116,14 +95,17 @@ fn enable_forwarding(v6: bool) -> Result<()> {
     std::fs::write(path, "1").map_err(|e| gw_err(format!("cannot write {path}")).with_details(e))
 }
 
-/// Makes sure the gateway exists with its addresses. `exists` says whether
-/// OVS already had the port (learned in the attach transaction); with the
-/// port and its addresses in place this costs one netlink query.
+/// Makes sure the gateway exists with its addresses, behind the firewall.
+/// `found` is its port as the attach transaction saw it and `known` every
+/// gateway it saw. Order matters: the port records its rules, the table is
+/// in place, and only then does the port get an address and forwarding.
+/// With all in place this costs two netlink questions.
 pub fn ensure(
     nl: &Netlink,
     ovs: &mut Ovs,
     g: &Gateway,
-    exists: bool,
+    found: Option<&FoundPort>,
+    known: &[GatewayRules],
     ips: &[IpConfig],
 ) -> Result<()> {
     let want = addresses(ips);
@@ -132,19 +114,34 @@ pub fn ensure(
             "gateway: true needs IPAM to return a gateway (set it in the IPAM range)",
         ));
     }
-    let spec = port_spec(g);
-    if !exists {
+    let r = rules(g, &want);
+    let spec = port_spec(g, &r);
+    match found {
         // Losing the race to another ADD is fine: the port is then there.
-        ovs.change_ports(g.bridge, std::slice::from_ref(&spec), &[])?;
+        None => {
+            ovs.change_ports(g.bridge, std::slice::from_ref(&spec), &[])?;
+        }
+        // A changed ipMasq or hostAccess, or a port an older weft made.
+        Some(p)
+            if !spec
+                .external_ids
+                .iter()
+                .all(|kv| p.external_ids.contains(kv)) =>
+        {
+            ovs.set_external_ids(&spec.name, &spec.external_ids)?;
+        }
+        Some(_) => {}
     }
+    firewall::ensure(ovs, known, &r)?;
     let link = nl
         .link(nl.host(), &spec.name)?
         .ok_or_else(|| gw_err(format!("{} did not appear on the host", spec.name)))?;
     let have = nl.addresses(nl.host(), link.index)?;
     let missing: Vec<IpNet> = want.iter().filter(|a| !have.contains(a)).copied().collect();
-    if exists && missing.is_empty() && link.up {
+    if found.is_some() && missing.is_empty() && link.up {
         return Ok(());
     }
+    restrict_arp(&spec.name)?;
     nl.set_up(nl.host(), link.index)?;
     for a in missing {
         if let Err(e) = nl.add_address(nl.host(), link.index, a) {
@@ -159,7 +156,6 @@ pub fn ensure(
             enable_forwarding(v6)?;
         }
     }
-    nft(&nft_script(&spec.name, &want, g.ip_masq))?;
     tracing::info!(port = %spec.name, addresses = ?want, "gateway set up");
     Ok(())
 }
@@ -176,18 +172,24 @@ mod tests {
             tag: Some(3),
             mtu: 1450,
             ip_masq: false,
+            host_access: false,
+            underlay: vec![],
         };
-        let s = port_spec(&g);
+        let s = port_spec(&g, &rules(&g, &[]));
         assert_eq!(s.kind, "internal");
         assert!(s.protected);
         assert_eq!(s.tag, Some(3));
-        assert_eq!(s.mac, port_spec(&g).mac);
+        assert_eq!(s.mac, port_spec(&g, &rules(&g, &[])).mac);
+        assert!(s
+            .external_ids
+            .contains(&("weft.kind".into(), "gateway".into())));
         let other = Gateway {
             network: "red",
             ..g
         };
-        assert_ne!(s.mac, port_spec(&other).mac);
-        assert_ne!(s.name, port_spec(&other).name);
+        let o = port_spec(&other, &rules(&other, &[]));
+        assert_ne!(s.mac, o.mac);
+        assert_ne!(s.name, o.name);
     }
 
     #[test]
@@ -201,20 +203,5 @@ mod tests {
             addresses(&[ip]),
             vec!["10.244.0.1/16".parse::<IpNet>().unwrap()]
         );
-    }
-
-    #[test]
-    fn nft_isolates_always_and_masquerades_on_request() {
-        let nets = [
-            "10.244.0.1/16".parse().unwrap(),
-            "fd00::1/64".parse().unwrap(),
-        ];
-        let plain = nft_script("wgw1", &nets, false);
-        assert!(plain.starts_with("table inet wgw1 {}\ndelete table inet wgw1\n"));
-        assert!(plain.contains("iifname \"wgw1\" oifname \"wgw*\" oifname != \"wgw1\" drop"));
-        assert!(!plain.contains("masquerade"));
-        let masq = nft_script("wgw1", &nets, true);
-        assert!(masq.contains("ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16"));
-        assert!(masq.contains("ip6 saddr fd00::/64"));
     }
 }

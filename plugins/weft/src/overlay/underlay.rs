@@ -92,6 +92,19 @@ pub fn detect(nl: &Netlink, o: &Overlay) -> Result<Underlay> {
     Ok(Underlay { ip, ifname, mtu })
 }
 
+/// The underlay's subnets: the prefixes of its address on its interface.
+pub fn subnets(nl: &Netlink, u: &Underlay) -> Result<Vec<ipnet::IpNet>> {
+    let Some(link) = nl.link(nl.host(), &u.ifname)? else {
+        return Ok(Vec::new());
+    };
+    Ok(nl
+        .addresses(nl.host(), link.index)?
+        .into_iter()
+        .filter(|n| n.addr() == u.ip)
+        .map(|n| n.trunc())
+        .collect())
+}
+
 fn is_link_local(a: &IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => v4.is_link_local(),

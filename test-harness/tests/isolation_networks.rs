@@ -1,0 +1,521 @@
+#![allow(clippy::unwrap_used, clippy::panic, clippy::print_stdout)]
+//! Hostile containers against other networks and the host: two single-host
+//! networks on one bridge must share no L2, and a container behind a gateway
+//! reaches its own gateway's address and nothing else of the host or of the
+//! other network. Every probe carries a unique payload and is judged where
+//! it would land (sockets and packet sockets in the target namespace), not
+//! by the sender's exit code.
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use weft_harness::cluster;
+use weft_harness::netns::Netns;
+use weft_harness::rawsock;
+use weft_harness::runtime::{self, weft_network, Call, Network};
+use weft_harness::{require_root, Attach, Container, Host};
+
+const PORT: u16 = 9998;
+
+/// Everything that reaches `ns` on PORT for `window`: UDP payloads, TCP
+/// connections, and ICMP echo requests carrying "weft" (a raw socket sees
+/// only what the IP stack accepted, after the firewall).
+fn listen_all(ns: &Netns, window: Duration) -> std::thread::JoinHandle<Result<Vec<String>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = rawsock::in_netns(ns, move || {
+        let udp = UdpSocket::bind(("0.0.0.0", PORT))?;
+        udp.set_nonblocking(true)?;
+        let tcp = TcpListener::bind(("0.0.0.0", PORT))?;
+        tcp.set_nonblocking(true)?;
+        // SAFETY: plain socket(2); owned right after.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        anyhow::ensure!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: just returned by socket(2).
+        let raw = unsafe { OwnedFd::from_raw_fd(raw) };
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                got.push(format!(
+                    "udp {} from {from}",
+                    String::from_utf8_lossy(&buf[..n]).trim()
+                ));
+            }
+            if let Ok((mut s, from)) = tcp.accept() {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(Duration::from_millis(300)))?;
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut s, &mut text);
+                got.push(format!("tcp {} from {from}", text.trim()));
+            }
+            // SAFETY: buf is valid for its length.
+            let n = unsafe { libc::recv(raw.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 28 {
+                let pkt = &buf[..n as usize];
+                let ihl = usize::from(pkt[0] & 0x0f) * 4;
+                if pkt.get(ihl) == Some(&8) {
+                    if let Some(at) = pkt.windows(4).position(|w| w == b"weft") {
+                        let tag: String = pkt[at..(at + 8).min(pkt.len())]
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect();
+                        got.push(format!(
+                            "icmp echo {tag} to {}.{}.{}.{}",
+                            pkt[16], pkt[17], pkt[18], pkt[19]
+                        ));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(got)
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    h
+}
+
+/// UDP, TCP and ICMP to `dst` from `c`, each carrying `id`.
+fn probe(c: &Container, dst: &str, id: u8) {
+    let msg = format!("weft-probe-{id}-{dst}");
+    let _ = c
+        .netns
+        .exec(&["bash", "-c", &format!("echo {msg} > /dev/udp/{dst}/{PORT}")]);
+    let _ = c.netns.exec(&[
+        "timeout",
+        "0.5",
+        "bash",
+        "-c",
+        &format!("echo {msg} > /dev/tcp/{dst}/{PORT}"),
+    ]);
+    // ping's pattern: "weft" then the id, so the receiver can tell probes apart.
+    let _ = c.netns.exec(&[
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-p",
+        &format!("77656674{id:02x}"),
+        dst,
+    ]);
+}
+
+fn octets(ip: &str) -> [u8; 4] {
+    ip.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+fn port_tag(host: &Host, port: &str) -> Option<u32> {
+    host.ovs
+        .vsctl(&["get", "Port", port, "tag"])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn with_gateway(host: &Host, name: &str, subnet: &str, gw: &str, masq: bool) -> Network {
+    let mut n = weft_network(host, name, "1.0.0", subnet);
+    n.conflist["plugins"][0]["gateway"] = json!(true);
+    n.conflist["plugins"][0]["ipMasq"] = json!(masq);
+    n.conflist["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": subnet, "gateway": gw}]]);
+    n
+}
+
+fn attach(net: &Network, host: &Host, c: &Container) -> Value {
+    net.add(host, c, "eth0", &Attach::default())
+        .unwrap()
+        .unwrap_or_else(|o| panic!("ADD refused: {} {}", o.stdout, o.stderr))
+}
+
+#[test]
+fn single_host_networks_on_one_bridge_share_no_l2() {
+    require_root();
+    weft_harness::cleanup::init();
+    let host = Host::new("isol2").unwrap();
+    let blue = weft_network(&host, "blue", "1.0.0", "10.51.0.0/24");
+    let red = weft_network(&host, "red", "1.0.0", "10.52.0.0/24");
+    let (a, b, r) = (
+        Container::new("isol2a").unwrap(),
+        Container::new("isol2b").unwrap(),
+        Container::new("isol2r").unwrap(),
+    );
+    let prev_a = attach(&blue, &host, &a);
+    attach(&blue, &host, &b);
+    attach(&red, &host, &r);
+
+    // Every port is an access port; the two networks' VLANs differ.
+    let tags: Vec<(String, Option<u32>)> = host
+        .weft_links()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.clone(), port_tag(&host, &p)))
+        .collect();
+    assert!(
+        tags.iter()
+            .all(|(_, t)| t.is_some_and(|t| (4000..=4094).contains(&t))),
+        "{tags:?}"
+    );
+    let mut distinct: Vec<u32> = tags.iter().filter_map(|(_, t)| *t).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "{tags:?}");
+    assert_eq!(
+        port_tag(&host, "br-weft"),
+        Some(4095),
+        "the bridge port is parked"
+    );
+    let red_tag = host
+        .ovs
+        .vsctl(&["get", "Bridge", "br-weft", "external_ids:\"weft.vlan.red\""])
+        .unwrap()
+        .trim()
+        .trim_matches('"')
+        .parse::<u16>()
+        .unwrap();
+
+    let (mut probes, mut leaks, mut allowed) = (0, Vec::new(), 0);
+    // Frames from a blue container: untagged broadcast (blue only), and
+    // 802.1Q frames tagged with red's VLAN and a spread of others.
+    let at_r = rawsock::collect_marked(&r.netns, "eth0", b"weftl2", Duration::from_millis(1200));
+    let at_b = rawsock::collect_marked(&b.netns, "eth0", b"weftl2", Duration::from_millis(1200));
+    let src = [0x02, 0x77, 0x00, 0x00, 0x00, 0x0a];
+    let mut frames = vec![rawsock::probe_frame(src, None, b"weftl2-untagged")];
+    for v in [red_tag, 0, 1, 4000, 4001, 4002, 4094, 4095] {
+        frames.push(rawsock::probe_frame(
+            src,
+            Some(v),
+            format!("weftl2-vlan{v}").as_bytes(),
+        ));
+    }
+    probes += frames.len();
+    rawsock::send_frames(&a.netns, "eth0", frames).unwrap();
+    // And from the red container, an untagged flood of its own.
+    let at_a = rawsock::collect_marked(&a.netns, "eth0", b"weftl2r", Duration::from_millis(800));
+    rawsock::send_frames(
+        &r.netns,
+        "eth0",
+        vec![rawsock::probe_frame(src, None, b"weftl2r-flood")],
+    )
+    .unwrap();
+    probes += 1;
+    for g in at_r.join().unwrap().unwrap() {
+        leaks.push(format!("red container received {g}"));
+    }
+    for g in at_a.join().unwrap().unwrap() {
+        leaks.push(format!("blue container received {g}"));
+    }
+    let seen_b = at_b.join().unwrap().unwrap();
+    // Tagged frames on an access port are dropped, whatever the tag (0 is
+    // "priority only", which OVS treats as untagged).
+    for g in &seen_b {
+        if g.starts_with("weftl2-vlan") && g != "weftl2-vlan0" {
+            leaks.push(format!("a tagged frame reached the same network: {g}"));
+        }
+    }
+    if seen_b.iter().any(|g| g == "weftl2-untagged") {
+        allowed += 1;
+    }
+    // Same network still talks at L3.
+    let a_ip = a.ipv4("eth0").unwrap();
+    let b_at = listen_all(&b.netns, Duration::from_millis(1500));
+    probe(&a, &b.ipv4("eth0").unwrap(), 1);
+    let r_at = listen_all(&r.netns, Duration::from_millis(1500));
+    probe(&a, &r.ipv4("eth0").unwrap(), 2);
+    probes += 2;
+    let got_b = b_at.join().unwrap().unwrap();
+    if got_b.len() == 3 {
+        allowed += 1;
+    }
+    for g in r_at.join().unwrap().unwrap() {
+        leaks.push(format!("red container reached: {g}"));
+    }
+    println!(
+        "single-host L2 probes tried: {probes}, leaks found: {}, allowed paths reached: {allowed}/2",
+        leaks.len()
+    );
+    assert!(leaks.is_empty(), "leaks:\n{}", leaks.join("\n"));
+    assert_eq!(allowed, 2, "blue saw {got_b:?}");
+
+    // CHECK verifies the tag: put a blue port on red's VLAN by hand.
+    assert!(blue.check(&host, &a, "eth0", &prev_a).unwrap().success);
+    let a_port = names_for(&host, &a_ip);
+    host.ovs
+        .vsctl(&["set", "Port", &a_port, &format!("tag={red_tag}")])
+        .unwrap();
+    let out = blue.check(&host, &a, "eth0", &prev_a).unwrap();
+    assert!(!out.success);
+    assert_eq!(out.code(), Some(106), "{}", out.stdout);
+    assert!(out.stdout.contains("VLAN"), "{}", out.stdout);
+}
+
+/// The host end whose container has `ip` (by the port's external_ids).
+fn names_for(host: &Host, ip: &str) -> String {
+    for p in host.weft_links().unwrap() {
+        let ns = host
+            .ovs
+            .vsctl(&["get", "Port", &p, "external_ids:\"weft.netns\""])
+            .unwrap();
+        let ns = ns.trim().trim_matches('"');
+        let out = std::process::Command::new("nsenter")
+            .args([&format!("--net={ns}"), "ip", "-4", "-o", "addr"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("{ip}/")) {
+            return p;
+        }
+    }
+    panic!("no port for {ip}");
+}
+
+fn table(host: &Host) -> String {
+    host.netns
+        .ok(&["nft", "list", "table", "inet", "weft-gateways"])
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn gateways_open_only_their_own_address_and_the_firewall_stays() {
+    require_root();
+    weft_harness::cleanup::init();
+    let host = Host::new("isogw").unwrap();
+    let h = &host.netns;
+    let blue = with_gateway(&host, "blue", "10.61.0.0/24", "10.61.0.1", false);
+    let red = with_gateway(&host, "red", "10.62.0.0/24", "10.62.0.1", false);
+    let (a, a2, r) = (
+        Container::new("isogwa").unwrap(),
+        Container::new("isogwb").unwrap(),
+        Container::new("isogwr").unwrap(),
+    );
+    attach(&blue, &host, &a);
+    attach(&blue, &host, &a2);
+    attach(&red, &host, &r);
+    h.ok(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"])
+        .unwrap();
+    let (a2_ip, r_ip) = (a2.ipv4("eth0").unwrap(), r.ipv4("eth0").unwrap());
+    assert!(a.netns.ping("10.61.0.1"), "a container pings its gateway");
+
+    let (mut probes, mut leaks, mut allowed, mut paths) = (0, Vec::new(), 0, 0);
+    // ARP: the blue container asks for every other host address. The
+    // asker is an unused address: the frames come from a made-up MAC, which
+    // the gateway would otherwise learn for the container's own address.
+    for (target, may) in [
+        ("10.61.0.1", true),
+        ("10.62.0.1", false),
+        ("192.0.2.1", false),
+    ] {
+        let replies = rawsock::count_arp_replies(
+            &a.netns,
+            "eth0",
+            octets(target),
+            Duration::from_millis(600),
+        );
+        rawsock::send_arp(&a.netns, "eth0", octets("10.61.0.250"), octets(target)).unwrap();
+        probes += 1;
+        let n = replies.join().unwrap().unwrap();
+        match (may, n) {
+            (true, n) => {
+                paths += 1;
+                allowed += usize::from(n > 0);
+            }
+            (false, 0) => {}
+            (false, n) => leaks.push(format!("{n} ARP replies for {target}")),
+        }
+    }
+    // UDP, TCP and ICMP to every gateway, a host address, and both
+    // networks' containers, judged where each would arrive.
+    let on_host = listen_all(h, Duration::from_millis(12000));
+    let on_r = listen_all(&r.netns, Duration::from_millis(12000));
+    let on_a2 = listen_all(&a2.netns, Duration::from_millis(12000));
+    for (i, dst) in ["10.61.0.1", "10.62.0.1", "192.0.2.1", &r_ip, &a2_ip]
+        .into_iter()
+        .enumerate()
+    {
+        probe(&a, dst, i as u8 + 10);
+        probes += 3;
+    }
+    // A static neighbour: red's container behind red's gateway MAC.
+    let red_mac = mac_with_address(h, "10.62.0.1");
+    a.netns
+        .ok(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{r_ip}/32"),
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    a.netns
+        .ok(&[
+            "ip",
+            "neigh",
+            "replace",
+            &r_ip,
+            "lladdr",
+            &red_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    probe(&a, &r_ip, 20);
+    probes += 3;
+    a.netns
+        .ok(&["ip", "route", "del", &format!("{r_ip}/32")])
+        .unwrap();
+    let host_got = on_host.join().unwrap().unwrap();
+    // UDP and TCP payloads name their destination, ICMP is reported by it.
+    let to_own = |g: &String| g.contains("weft-probe-10-10.61.0.1") || g.ends_with("to 10.61.0.1");
+    for g in host_got.iter().filter(|g| !to_own(g)) {
+        leaks.push(format!("host received {g}"));
+    }
+    let own = host_got.iter().filter(|g| to_own(g)).count();
+    paths += 1;
+    allowed += usize::from(own == 3);
+    for g in on_r.join().unwrap().unwrap() {
+        leaks.push(format!("red container received {g}"));
+    }
+    let same = on_a2.join().unwrap().unwrap();
+    paths += 1;
+    allowed += usize::from(same.len() == 3);
+    println!(
+        "gateway probes tried: {probes}, leaks found: {}, allowed paths reached: {allowed}/{paths}",
+        leaks.len()
+    );
+    assert!(
+        leaks.is_empty(),
+        "leaks:\n{}\nruleset:\n{}",
+        leaks.join("\n"),
+        table(&host)
+    );
+    assert_eq!(
+        allowed, paths,
+        "own gateway: {host_got:?}, same network: {same:?}"
+    );
+
+    // The firewall: one table, rebuilt by the agent within moments of a
+    // flush and by the next ADD; doctor says when it is missing.
+    assert!(table(&host).contains("chain forward"));
+    let doctor = |host: &Host| cluster::weftctl(host, &blue, &["doctor"]).unwrap();
+    assert!(
+        doctor(&host).status.success(),
+        "{}",
+        String::from_utf8_lossy(&doctor(&host).stdout)
+    );
+    h.ok(&["nft", "flush", "ruleset"]).unwrap();
+    let d = doctor(&host);
+    assert!(
+        !d.status.success(),
+        "{}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+    assert!(String::from_utf8_lossy(&d.stdout).contains("gateway firewall"));
+    {
+        let _agent = cluster::start_agent(&host, &blue, 10).unwrap();
+        let took = wait_for("the agent's repair", Duration::from_secs(5), || {
+            table(&host).contains("chain forward")
+        });
+        // Flushed again while it runs: it hears of it at once.
+        h.ok(&["nft", "flush", "ruleset"]).unwrap();
+        let again = wait_for("the agent's second repair", Duration::from_secs(5), || {
+            table(&host).contains("chain forward")
+                && h.ok(&["nft", "list", "table", "inet", "weft-hostends"])
+                    .is_ok()
+        });
+        println!("agent put the firewall back in {took:?} at start, {again:?} after a flush");
+    }
+    assert!(doctor(&host).status.success());
+    h.ok(&["nft", "flush", "ruleset"]).unwrap();
+    attach(&blue, &host, &Container::new("isogwc").unwrap());
+    assert!(
+        table(&host).contains("chain forward"),
+        "the next ADD rebuilt it"
+    );
+
+    // ipMasq follows the config on the next ADD, both ways.
+    let masq = with_gateway(&host, "blue", "10.61.0.0/24", "10.61.0.1", true);
+    attach(&masq, &host, &Container::new("isogwd").unwrap());
+    assert!(
+        table(&host).contains("ip saddr 10.61.0.0/24"),
+        "{}",
+        table(&host)
+    );
+    attach(&blue, &host, &Container::new("isogwe").unwrap());
+    assert!(!table(&host).contains("masquerade"), "{}", table(&host));
+
+    // nft missing at one ADD: a clear error and nothing half-made; the next
+    // ADD, with nft, puts the table back.
+    h.ok(&["nft", "flush", "ruleset"]).unwrap();
+    let before = host.weft_links().unwrap().len();
+    let c = Container::new("isogwf").unwrap();
+    let mut conf = blue.conflist["plugins"][0].clone();
+    conf["name"] = json!("blue");
+    conf["cniVersion"] = json!("1.0.0");
+    let call = Call {
+        command: "ADD",
+        container_id: &c.id,
+        netns: Some(c.path()),
+        ifname: "eth0",
+        args: None,
+    };
+    let mut env = call.env();
+    env.push(("PATH", "/nonexistent".to_string()));
+    let out = runtime::exec_raw(
+        h,
+        &runtime::plugin_bin("weft").unwrap(),
+        &env,
+        conf.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert!(!out.success);
+    assert_eq!(out.code(), Some(108), "{}", out.stdout);
+    assert!(out.stdout.contains("nft"), "{}", out.stdout);
+    assert_eq!(
+        host.weft_links().unwrap().len(),
+        before,
+        "a veth was left behind"
+    );
+    attach(&blue, &host, &c);
+    assert!(table(&host).contains("chain forward"));
+    assert!(!a.netns.ping(&r_ip), "blue reached red after the repairs");
+}
+
+/// The MAC of the link in `ns` that holds `ip`.
+fn mac_with_address(ns: &Netns, ip: &str) -> String {
+    let v: Value = serde_json::from_str(&ns.ok(&["ip", "-j", "addr"]).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["addr_info"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["local"] == ip))
+        })
+        .and_then(|l| l["address"].as_str())
+        .unwrap()
+        .to_string()
+}
