@@ -257,6 +257,26 @@ fn single_host_networks_on_one_bridge_share_no_l2() {
     assert!(!out.success);
     assert_eq!(out.code(), Some(106), "{}", out.stdout);
     assert!(out.stdout.contains("VLAN"), "{}", out.stdout);
+    // doctor names it, and the agent moves it back.
+    let d = cluster::weftctl(&host, &blue, &["doctor"]).unwrap();
+    assert!(!d.status.success());
+    assert!(
+        String::from_utf8_lossy(&d.stdout).contains(&a_port),
+        "{}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+    let blue_tag = port_tag(&host, &names_for(&host, &b.ipv4("eth0").unwrap()));
+    {
+        let _agent = cluster::start_agent(&host, &blue, 10).unwrap();
+        wait_for("the agent's VLAN repair", Duration::from_secs(5), || {
+            port_tag(&host, &a_port) == blue_tag
+        });
+    }
+    assert!(blue.check(&host, &a, "eth0", &prev_a).unwrap().success);
+    assert!(cluster::weftctl(&host, &blue, &["doctor"])
+        .unwrap()
+        .status
+        .success());
 }
 
 /// The host end whose container has `ip` (by the port's external_ids).
@@ -419,6 +439,9 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
 
     // The firewall: one table, rebuilt by the agent within moments of a
     // flush and by the next ADD; doctor says when it is missing.
+    // Containers of the steps below live to the end, so no veth vanishes
+    // while the last step counts them.
+    let mut kept = Vec::new();
     assert!(table(&host).contains("chain forward"));
     let doctor = |host: &Host| cluster::weftctl(host, &blue, &["doctor"]).unwrap();
     assert!(
@@ -450,21 +473,36 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
     }
     assert!(doctor(&host).status.success());
     h.ok(&["nft", "flush", "ruleset"]).unwrap();
-    attach(&blue, &host, &Container::new("isogwc").unwrap());
+    attach(&blue, &host, keep(&mut kept, "isogwc"));
     assert!(
         table(&host).contains("chain forward"),
         "the next ADD rebuilt it"
     );
 
+    // A gateway moved to another VLAN by hand is moved back by the next ADD.
+    let blue_gw = link_with_address(h, "10.61.0.1");
+    let blue_tag = port_tag(&host, &blue_gw).unwrap();
+    let red_gw = link_with_address(h, "10.62.0.1");
+    host.ovs
+        .vsctl(&[
+            "set",
+            "Port",
+            &blue_gw,
+            &format!("tag={}", port_tag(&host, &red_gw).unwrap()),
+        ])
+        .unwrap();
+    attach(&blue, &host, keep(&mut kept, "isogwh"));
+    assert_eq!(port_tag(&host, &blue_gw), Some(blue_tag));
+
     // ipMasq follows the config on the next ADD, both ways.
     let masq = with_gateway(&host, "blue", "10.61.0.0/24", "10.61.0.1", true);
-    attach(&masq, &host, &Container::new("isogwd").unwrap());
+    attach(&masq, &host, keep(&mut kept, "isogwd"));
     assert!(
         table(&host).contains("ip saddr 10.61.0.0/24"),
         "{}",
         table(&host)
     );
-    attach(&blue, &host, &Container::new("isogwe").unwrap());
+    attach(&blue, &host, keep(&mut kept, "isogwe"));
     assert!(!table(&host).contains("masquerade"), "{}", table(&host));
 
     // nft missing at one ADD: a clear error and nothing half-made; the next
@@ -506,6 +544,15 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
 
 /// The MAC of the link in `ns` that holds `ip`.
 fn mac_with_address(ns: &Netns, ip: &str) -> String {
+    link_field(ns, ip, "address")
+}
+
+/// The name of the link in `ns` that holds `ip`.
+fn link_with_address(ns: &Netns, ip: &str) -> String {
+    link_field(ns, ip, "ifname")
+}
+
+fn link_field(ns: &Netns, ip: &str, field: &str) -> String {
     let v: Value = serde_json::from_str(&ns.ok(&["ip", "-j", "addr"]).unwrap()).unwrap();
     v.as_array()
         .unwrap()
@@ -515,7 +562,12 @@ fn mac_with_address(ns: &Netns, ip: &str) -> String {
                 .as_array()
                 .is_some_and(|a| a.iter().any(|x| x["local"] == ip))
         })
-        .and_then(|l| l["address"].as_str())
+        .and_then(|l| l[field].as_str())
         .unwrap()
         .to_string()
+}
+
+fn keep<'a>(kept: &'a mut Vec<Container>, label: &str) -> &'a Container {
+    kept.push(Container::new(label).unwrap());
+    kept.last().unwrap()
 }

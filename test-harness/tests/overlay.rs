@@ -429,3 +429,188 @@ fn gateway_host_route_portmap_and_nat() {
     );
     assert!(!g.netns.ping(host_ip), "green has no hostAccess");
 }
+
+/// The VLAN tags of `net`'s container ports on `host`.
+fn net_tags(c: &Cluster, host: usize, net: &str) -> Vec<u32> {
+    c.hosts[host]
+        .ovs
+        .vsctl(&[
+            "--bare",
+            "--columns=tag",
+            "find",
+            "Port",
+            &format!("external_ids:weft.network={net}"),
+        ])
+        .unwrap()
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
+/// Removes the registry (not IPAM's keys): what a wiped or fresh etcd has.
+fn wipe_registry(c: &Cluster) {
+    for p in ["networks", "vnis", "members", "nodes"] {
+        c.etcd
+            .ctl(
+                &c.fabric.netns,
+                &["del", "--prefix", &format!("/weft/v1/{p}/")],
+            )
+            .unwrap();
+    }
+}
+
+fn etcd_get(c: &Cluster, key: &str) -> String {
+    c.etcd
+        .ctl(&c.fabric.netns, &["get", "--print-value-only", key])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_wiped_or_restored_registry_never_puts_two_networks_on_one_vlan() {
+    let _g = serial();
+    let c = Cluster::new("vni", 2).unwrap();
+    let net = |name: &str, subnet: &str, h| c.network(h, name, subnet, json!({}));
+    let add = |n: &weft_harness::runtime::Network, h: usize, label: &str| {
+        let ctr = Container::new(label).unwrap();
+        let r = n
+            .add(&c.hosts[h], &ctr, "eth0", &Attach::default())
+            .unwrap();
+        (ctr, r)
+    };
+    let blue = net("blue", "10.240.0.0/16", 0);
+    let (_b1, r) = add(&blue, 0, "vnib1");
+    r.unwrap();
+    let blue_vni = net_tags(&c, 0, "blue")[0];
+
+    // Without an agent: the first network after the wipe steps around the
+    // VLAN host 0's bridge carries, and blue gets its own VNI back.
+    wipe_registry(&c);
+    let red = net("red", "10.241.0.0/16", 0);
+    let (_r1, r) = add(&red, 0, "vnir1");
+    r.unwrap();
+    let red_vni = net_tags(&c, 0, "red")[0];
+    assert_ne!(red_vni, blue_vni, "red was given blue's VNI");
+    let (_b2, r) = add(&blue, 0, "vnib2");
+    r.unwrap();
+    assert_eq!(net_tags(&c, 0, "blue"), vec![blue_vni, blue_vni]);
+    assert_eq!(etcd_get(&c, &format!("/weft/v1/vnis/{blue_vni}")), "blue");
+
+    // With the agent: it re-reserves what its bridge carries as soon as the
+    // wipe happens, so a network first seen on host 1 steps around both.
+    let agent = c.start_agent(0, &blue, 5).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    wipe_registry(&c);
+    let t0 = std::time::Instant::now();
+    while etcd_get(&c, &format!("/weft/v1/vnis/{blue_vni}")) != "blue"
+        || etcd_get(&c, &format!("/weft/v1/vnis/{red_vni}")) != "red"
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the agent did not re-reserve the VNIs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "agent re-reserved host 0's VNIs {:?} after the wipe",
+        t0.elapsed()
+    );
+    let green = net("green", "10.242.0.0/16", 1);
+    let (_g1, r) = add(&green, 1, "vnig1");
+    r.unwrap();
+    let green_vni = net_tags(&c, 1, "green")[0];
+    assert!(
+        ![blue_vni, red_vni].contains(&green_vni),
+        "green got {green_vni}"
+    );
+
+    // A tunnel put on another VLAN by hand (host 1 runs no agent): doctor
+    // names it, and the next ADD there moves it back.
+    let blue1 = net("blue", "10.240.0.0/16", 1);
+    let (_b4, r) = add(&blue1, 1, "vnib4");
+    r.unwrap();
+    let h1 = &c.hosts[1].ovs;
+    let tunnel = h1
+        .vsctl(&[
+            "--bare",
+            "--columns=name",
+            "find",
+            "Port",
+            "external_ids:weft.tunnel_for=blue",
+        ])
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!tunnel.is_empty());
+    h1.vsctl(&["set", "Port", &tunnel, &format!("tag={green_vni}")])
+        .unwrap();
+    let d = c.weftctl(1, &blue1, &["doctor"]).unwrap();
+    assert!(!d.status.success());
+    assert!(
+        String::from_utf8_lossy(&d.stdout).contains(&tunnel),
+        "{}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+    let (_b5, r) = add(&blue1, 1, "vnib5");
+    r.unwrap();
+    let tag = h1.vsctl(&["get", "Port", &tunnel, "tag"]).unwrap();
+    assert_eq!(
+        tag.trim(),
+        blue_vni.to_string(),
+        "the ADD did not move the tunnel back"
+    );
+
+    // A restore that hands blue's VNI to another network: with no agent,
+    // ADD of that network on host 0 refuses (109) rather than share blue's
+    // VLAN; the agent moves blue to a VNI of its own, and then both work.
+    drop(agent);
+    wipe_registry(&c);
+    let purple = net("purple", "10.243.0.0/16", 0);
+    c.etcd
+        .ctl(
+            &c.fabric.netns,
+            &["put", &format!("/weft/v1/vnis/{blue_vni}"), "purple"],
+        )
+        .unwrap();
+    c.etcd
+        .ctl(
+            &c.fabric.netns,
+            &[
+                "put",
+                "/weft/v1/networks/purple",
+                &format!("{{\"vni\":{blue_vni},\"tunnel\":\"vxlan\",\"port\":4789}}"),
+            ],
+        )
+        .unwrap();
+    let (_p0, r) = add(&purple, 0, "vnip0");
+    let o = r.unwrap_err();
+    assert_eq!(o.code(), Some(109), "{}", o.stdout);
+    assert!(o.stdout.contains("blue"), "{}", o.stdout);
+    let _agent = c.start_agent(0, &blue, 5).unwrap();
+    let t0 = std::time::Instant::now();
+    while net_tags(&c, 0, "blue").contains(&blue_vni) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the agent did not move blue"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "agent moved blue off the restored VNI in {:?}",
+        t0.elapsed()
+    );
+    let (purple_ok, r) = add(&purple, 0, "vnip1");
+    r.unwrap();
+    let moved = net_tags(&c, 0, "blue");
+    assert!(
+        moved.iter().all(|t| *t != blue_vni),
+        "blue still on {blue_vni}: {moved:?}"
+    );
+    assert_eq!(net_tags(&c, 0, "purple"), vec![blue_vni]);
+    let (_b3, r) = add(&blue, 0, "vnib3");
+    r.unwrap();
+    let now = net_tags(&c, 0, "blue");
+    assert!(now.iter().all(|t| *t == moved[0]), "{now:?}");
+    drop(purple_ok);
+}

@@ -9,6 +9,7 @@
 //! which it hears of on nftables' netlink multicast group. Without `etcd`
 //! that is all it does.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,9 +17,10 @@ use etcd_client::{PutOptions, WatchOptions};
 use tokio::signal::unix::{signal, SignalKind};
 use weft::link::Netlink;
 use weft::overlay::registry::{self, NodeRecord};
-use weft::overlay::{self, tunnels, underlay};
+use weft::overlay::{self, tunnels, underlay, vnis};
 use weft::ovs::Ovs;
 use weft_ipam::etcd::EtcdStore;
+use weft_ipam::store::{Compare, Read, Store, Write};
 
 use crate::conf::{cni, Loaded};
 
@@ -43,14 +45,18 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
         // bridge and its tunnels.
         return Ok(0);
     }
+    let ports = ovs.port_tags(&[]).map_err(cni)?;
+    let mut vnis = reassert(store, &ports, me)?;
     let nets = registry::networks_of(store, me).map_err(cni)?;
     let mut changed = 0;
     for net in &nets {
         if let Some(view) = registry::view(store, net, me).map_err(cni)? {
             let have = ovs.tunnel_ports(net).map_err(cni)?;
             changed += overlay::reconcile(&mut ovs, bridge, net, &view, &have).map_err(cni)?;
+            vnis.insert(net.clone(), view.network.vni);
         }
     }
+    changed += fix_vlans(&mut ovs, bridge, &vnis)?;
     let orphans: Vec<String> = ovs
         .weft_ports()
         .map_err(cni)?
@@ -66,6 +72,88 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
         ovs.change_ports(bridge, &[], &orphans).map_err(cni)?;
     }
     Ok(changed)
+}
+
+/// After a wipe or a restore of etcd: re-reserves the VNIs of networks on
+/// this bridge the registry has no record of, and re-homes those whose VNI
+/// another network holds now (see `weft::overlay::vnis`). Returns the VNIs
+/// networks moved to; their ports follow in [`fix_vlans`].
+fn reassert(
+    store: &mut EtcdStore,
+    ports: &[weft::ovs::FoundPort],
+    me: &str,
+) -> Result<HashMap<String, u32>> {
+    let local = vnis::on_bridge(ports);
+    let mut moved = HashMap::new();
+    if local.is_empty() {
+        return Ok(moved);
+    }
+    let names: Vec<&String> = local.keys().collect();
+    let mut reads = vec![Read::prefix(&registry::vnis_prefix())];
+    reads.extend(names.iter().map(|n| Read::Key(registry::network_key(n))));
+    let r = store.read(&reads).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let owners = vnis::owners(&r[0]);
+    let records: HashSet<String> = names
+        .iter()
+        .zip(&r[1..])
+        .filter(|(_, rr)| !rr.kvs.is_empty())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    for fix in vnis::plan(&local, &records, &owners) {
+        let (net, vni) = match &fix {
+            vnis::Fix::Reserve { net, vni } => (net, *vni),
+            vnis::Fix::Rehome { net, to, .. } => (net, *to),
+        };
+        if owners.get(&vni) != Some(net) {
+            let key = registry::vni_key(vni);
+            let done = store
+                .txn(
+                    &[Compare::Absent(key.clone())],
+                    &[Write::Put(key, net.as_bytes().to_vec())],
+                    &[],
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .succeeded;
+            // Someone took it a moment ago: the next pass plans again.
+            if !done {
+                continue;
+            }
+        }
+        tracing::warn!(?fix, "the registry lacked a VNI in use on this bridge");
+        if let vnis::Fix::Rehome { .. } = fix {
+            moved.insert(net.clone(), vni);
+        }
+    }
+    // This host is still a member of every network it has ports of, so
+    // peers build their tunnels here again without waiting for an ADD.
+    for net in local.keys() {
+        let key = registry::member_key(net, me);
+        let put = store
+            .txn(
+                &[Compare::Absent(key.clone())],
+                &[Write::Put(key, Vec::new())],
+                &[],
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if put.succeeded {
+            tracing::warn!(network = %net, "membership was missing from the registry; restored");
+        }
+    }
+    Ok(moved)
+}
+
+/// Moves every weft port that is not on its network's VLAN back onto it:
+/// `vnis` for overlay networks, the bridge's records for single-host ones.
+/// Returns how many it moved.
+pub fn fix_vlans(ovs: &mut Ovs, bridge: &str, vnis: &HashMap<String, u32>) -> Result<usize> {
+    let local: HashMap<String, u32> = ovs.local_vlans(bridge).map_err(cni)?.into_iter().collect();
+    let ports = ovs.port_tags(&[]).map_err(cni)?;
+    let wrong = weft::vlan::misplaced(&ports, |n| vnis.get(n).or_else(|| local.get(n)).copied());
+    for (port, tag) in &wrong {
+        tracing::warn!(%port, tag, "port was not on its network's VLAN; moved back");
+        ovs.set_port_tag(port, *tag).map_err(cni)?;
+    }
+    Ok(wrong.len())
 }
 
 /// Puts back what a flush or a hand edit took from this host's firewall:
@@ -141,6 +229,15 @@ fn run_local(l: &Loaded) -> Result<()> {
         loop {
             if let Err(e) = firewall_upkeep(l) {
                 tracing::warn!(error = %format!("{e:#}"), "firewall repair failed");
+            }
+            let vlans = Ovs::connect_if_running(&l.weft.ovsdb_socket)
+                .map_err(cni)
+                .and_then(|o| match o {
+                    Some(mut o) => fix_vlans(&mut o, &l.weft.bridge, &HashMap::new()),
+                    None => Ok(0),
+                });
+            if let Err(e) = vlans {
+                tracing::warn!(error = %format!("{e:#}"), "VLAN repair failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(RESYNC) => {}

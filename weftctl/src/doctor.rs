@@ -96,6 +96,9 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             Status::Ok,
             "no etcd in the config: single-host network",
         );
+        if let Some(o) = ovs.as_mut() {
+            vlans(o, &cfg.bridge, &std::collections::HashMap::new(), &mut c);
+        }
         return Ok(finish(c, json));
     };
     let nl = Netlink::new().map_err(crate::conf::cni)?;
@@ -205,10 +208,12 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
         }
     }
     if let (Some(ovs), Ok(nets)) = (ovs.as_mut(), registry::networks_of(&mut store, &o.node)) {
+        let mut vnis = std::collections::HashMap::new();
         for net in nets {
             let Ok(Some(view)) = registry::view(&mut store, &net, &o.node) else {
                 continue;
             };
+            vnis.insert(net.clone(), view.network.vni);
             let have = ovs.tunnel_ports(&net).unwrap_or_default();
             let plan = tunnels::plan(&tunnels::desired(&net, &view.network, &view.peers), &have);
             if plan.is_empty() {
@@ -229,8 +234,48 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
                 );
             }
         }
+        vlans(ovs, &cfg.bridge, &vnis, &mut c);
     }
     Ok(finish(c, json))
+}
+
+/// Every weft port is on its network's VLAN: the registry's VNI, or the
+/// bridge's record for a single-host network.
+fn vlans(
+    ovs: &mut Ovs,
+    bridge: &str,
+    vnis: &std::collections::HashMap<String, u32>,
+    c: &mut Checks,
+) {
+    let local: std::collections::HashMap<String, u32> = ovs
+        .local_vlans(bridge)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let Ok(ports) = ovs.port_tags(&[]) else {
+        return;
+    };
+    let wrong = weft::vlan::misplaced(&ports, |n| vnis.get(n).or_else(|| local.get(n)).copied());
+    if wrong.is_empty() {
+        c.put(
+            "vlans",
+            Status::Ok,
+            "every weft port is on its network's VLAN",
+        );
+    } else {
+        let list: Vec<String> = wrong
+            .iter()
+            .map(|(p, t)| format!("{p} (should be {t})"))
+            .collect();
+        c.put(
+            "vlans",
+            Status::Fail,
+            format!(
+                "not on their network's VLAN: {}; weftctl agent moves them back",
+                list.join(", ")
+            ),
+        );
+    }
 }
 
 /// This host's nftables: the host-end rule, nft itself, the gateway table.

@@ -38,6 +38,8 @@ pub const DELEGATE_FAILURE: u32 = 107;
 /// The network's gateway (its address, or the nftables rules for NAT and
 /// isolation) could not be set up on the host.
 pub const GATEWAY_FAILURE: u32 = 108;
+/// weft: the network's VLAN on this bridge carries another network's ports.
+pub const VLAN_CONFLICT: u32 = 109;
 /// Something we did not expect; the message says what.
 pub const UNEXPECTED: u32 = 999;
 

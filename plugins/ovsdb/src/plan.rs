@@ -141,7 +141,7 @@ pub fn change_ports(bridge: &str, add: &[PortSpec], remove: &[String]) -> Vec<Va
 pub fn find_ports(external_ids: &[(&str, &str)]) -> Vec<Value> {
     vec![json!({"op": "select", "table": "Port",
                 "where": [["external_ids", "includes", map(external_ids.iter().copied())]],
-                "columns": ["_uuid", "name", "external_ids"]})]
+                "columns": ["_uuid", "name", "external_ids", "tag"]})]
 }
 
 /// Every port with external_ids. OVSDB has no "has key" condition, so
@@ -157,7 +157,7 @@ pub fn ports_with_ids() -> Vec<Value> {
 pub fn find_port_by_name(name: &str) -> Vec<Value> {
     vec![
         json!({"op": "select", "table": "Port", "where": [["name", "==", name]],
-                "columns": ["_uuid", "name", "external_ids"]}),
+                "columns": ["_uuid", "name", "external_ids", "tag"]}),
     ]
 }
 
@@ -224,6 +224,17 @@ pub fn port_tags(names: &[&str]) -> Vec<Value> {
     };
     vec![json!({"op": "select", "table": "Port", "where": cond,
                 "columns": ["_uuid", "name", "tag", "external_ids"]})]
+}
+
+/// Ports on VLAN `tag` whose external_ids include none of `mine`: on a
+/// VLAN one network owns, normally none.
+pub fn strangers_on_vlan(tag: u32, mine: &[(&str, &str)]) -> Vec<Value> {
+    let mut cond = vec![json!(["tag", "==", tag])];
+    for (k, v) in mine {
+        cond.push(json!(["external_ids", "excludes", map([(*k, *v)])]));
+    }
+    vec![json!({"op": "select", "table": "Port", "where": cond,
+                "columns": ["_uuid", "name", "external_ids", "tag"]})]
 }
 
 /// Puts the port named `name` on VLAN `tag`.

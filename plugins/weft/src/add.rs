@@ -25,6 +25,74 @@ use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;
 use crate::{ethtool, garp, hostend, netns, vlan};
 
+/// A single-host network's VLAN from the bridge (claimed if it has none),
+/// remembered for the next ADD.
+fn resolve_local_vlan(
+    ovs: &mut Ovs,
+    question: weft_ovsdb::PendingRead,
+    cfg: &Config,
+    datapath: &str,
+) -> Result<u32> {
+    let t = ovs.local_vlan(question, &cfg.bridge, &cfg.network, datapath)?;
+    vlan::write_hint(&cfg.bridge, &cfg.network, t);
+    Ok(t)
+}
+
+/// The port to insert and the operations that ride along in the attach
+/// transaction, with the index of the select for strangers on the VLAN.
+fn attach_plan(
+    cfg: &Config,
+    host_name: &str,
+    gw_name: &str,
+    external_ids: &[(String, String)],
+    view: Option<&overlay::registry::View>,
+    local_tag: Option<u32>,
+) -> (PortSpec, Vec<serde_json::Value>, usize) {
+    // An overlay network's VNI is also its VLAN on every host's bridge.
+    let tag = view.map(|v| v.network.vni).or(local_tag);
+    let spec = PortSpec {
+        name: host_name.to_string(),
+        tag,
+        external_ids: external_ids.to_vec(),
+        ..Default::default()
+    };
+    // The tunnels and the gateway are looked up in the attach transaction,
+    // so reconciling them costs nothing when they are as they should be.
+    let mut extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
+        .into_iter()
+        .chain(plan::find_port_by_name(gw_name))
+        .collect();
+    if cfg.gateway {
+        extra.extend(plan::find_ports(&[(
+            firewall::ids::KIND,
+            firewall::ids::GATEWAY,
+        )]));
+    }
+    // The VLAN must still be this network's when the port goes on it: GC
+    // may forget an unused one at any moment.
+    if let Some(t) = local_tag {
+        extra.extend(plan::expect_bridge_id(
+            &cfg.bridge,
+            &vlan::key(&cfg.network),
+            &t.to_string(),
+        ));
+    }
+    // A VNI the registry handed out after a wipe or a restore may still be
+    // on this bridge for another network: found in the same transaction.
+    let strangers_at = extra.len();
+    if let Some(t) = tag {
+        extra.extend(plan::strangers_on_vlan(
+            t,
+            &[
+                (ids::NETWORK, &cfg.network),
+                (TUNNEL_FOR, &cfg.network),
+                (gateway::GATEWAY_FOR, &cfg.network),
+            ],
+        ));
+    }
+    (spec, extra, strangers_at)
+}
+
 pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let t0 = *crate::STARTED.get_or_init(std::time::Instant::now);
     let phase = |what: &str| tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1000.0, "{what}");
@@ -79,11 +147,15 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     let mut cont = nl.enter(&container_ns, cfg.overlay.is_some())?;
     let ovs = RefCell::new(Ovs::connect(&cfg.ovsdb_socket)?);
     let wanted_dp = cfg.datapath.resolve(kernel_datapath_available);
-    // A single-host network's VLAN is recorded on the bridge: asked now,
-    // read once the veth is made.
-    let vlan_question = match cfg.overlay {
-        None => Some(ovs.borrow_mut().begin_bridge_ids(&cfg.bridge)?),
+    // A single-host network's VLAN is recorded on the bridge: remembered
+    // from the last ADD, or asked now and read once the veth is made.
+    let hinted = match cfg.overlay {
+        None => vlan::read_hint(&cfg.bridge, &cfg.network),
         Some(_) => None,
+    };
+    let vlan_question = match (&cfg.overlay, hinted) {
+        (None, None) => Some(ovs.borrow_mut().begin_bridge_ids(&cfg.bridge)?),
+        _ => None,
     };
     let mut undo = Undo::new();
     phase("ipam started, connected");
@@ -150,45 +222,28 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         None => None,
     };
     phase("registry read");
-    let local_tag = vlan_question
-        .map(|q| {
-            ovs.borrow_mut()
-                .local_vlan(q, &cfg.bridge, &cfg.network, wanted_dp)
-        })
-        .transpose()?;
-    // An overlay network's VNI is also its VLAN on every host's bridge.
-    let tag = view.as_ref().map(|v| v.network.vni).or(local_tag);
-    let spec = PortSpec {
-        name: host_name.clone(),
-        tag,
-        external_ids: tags
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
+    let local_tag = match (vlan_question, hinted) {
+        (Some(q), _) => Some(resolve_local_vlan(
+            &mut ovs.borrow_mut(),
+            q,
+            cfg,
+            wanted_dp,
+        )?),
+        (None, hint) => hint,
     };
-    // The tunnels and the gateway are looked up in the attach transaction,
-    // so reconciling them costs nothing when they are as they should be.
-    let gw_name = names::gateway_port(&cfg.network);
-    let mut extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
-        .into_iter()
-        .chain(plan::find_port_by_name(&gw_name))
+    let external_ids: Vec<(String, String)> = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    if cfg.gateway {
-        extra.extend(plan::find_ports(&[(
-            firewall::ids::KIND,
-            firewall::ids::GATEWAY,
-        )]));
-    }
-    // The VLAN must still be this network's when the port goes on it: GC
-    // may forget an unused one at any moment.
-    if let Some(t) = local_tag {
-        extra.extend(plan::expect_bridge_id(
-            &cfg.bridge,
-            &vlan::key(&cfg.network),
-            &t.to_string(),
-        ));
-    }
+    let gw_name = names::gateway_port(&cfg.network);
+    let (mut spec, mut extra, mut strangers_at) = attach_plan(
+        cfg,
+        &host_name,
+        &gw_name,
+        &external_ids,
+        view.as_ref(),
+        local_tag,
+    );
     // ovs-vswitchd opens the port while we bring the container end up.
     let attaching = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra);
     undo.push("ovs port", || {
@@ -210,16 +265,65 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     nl.set_up(&cont.handle, link.index)?;
     phase("both ends up");
 
-    let (datapath, found) =
-        ovs.borrow_mut()
-            .finish_attach(attaching, &cfg.bridge, wanted_dp, &spec, &extra)?;
+    let finished = ovs
+        .borrow_mut()
+        .finish_attach(attaching, &cfg.bridge, wanted_dp, &spec, &extra);
+    let (datapath, found) = match (finished, hinted) {
+        (Ok(done), _) => done,
+        // The remembered tag is no longer this network's (GC forgot it, the
+        // bridge was recreated): the transaction changed nothing, so ask the
+        // bridge and attach again.
+        (Err(e), Some(stale)) => {
+            tracing::debug!(error = %e.msg, stale, "remembered VLAN refused; asking the bridge");
+            vlan::forget_hint(&cfg.bridge, &cfg.network);
+            let q = ovs.borrow_mut().begin_bridge_ids(&cfg.bridge)?;
+            let t = resolve_local_vlan(&mut ovs.borrow_mut(), q, cfg, wanted_dp)?;
+            (spec, extra, strangers_at) = attach_plan(
+                cfg,
+                &host_name,
+                &gw_name,
+                &external_ids,
+                view.as_ref(),
+                Some(t),
+            );
+            let again = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra)?;
+            ovs.borrow_mut()
+                .finish_attach(again, &cfg.bridge, wanted_dp, &spec, &extra)?
+        }
+        (Err(e), None) => return Err(e),
+    };
     phase("ovs attached");
     let null = serde_json::Value::Null;
     if let Some(view) = &view {
         let existing = ovs_mod::existing_tunnels(found.first().unwrap_or(&null));
         let mut o = ovs.borrow_mut();
         overlay::reconcile(&mut o, &cfg.bridge, &cfg.network, view, &existing)?;
+        // A tunnel moved to another VLAN by hand would carry this network's
+        // VNI into that VLAN.
+        let tunnels = ovs_mod::found_ports(found.first().unwrap_or(&null));
+        for (port, t) in vlan::misplaced(&tunnels, |_| Some(view.network.vni)) {
+            tracing::warn!(%port, t, "tunnel on the wrong VLAN; moving it");
+            o.set_port_tag(&port, t)?;
+        }
         phase("tunnels reconciled");
+    }
+    if let Some(p) = found
+        .get(strangers_at)
+        .map(ovs_mod::found_ports)
+        .and_then(|s| s.into_iter().next())
+    {
+        return Err(Error::new(
+            error::VLAN_CONFLICT,
+            format!(
+                "VLAN {} on bridge {} is network {}'s, but port {} of network {} is on it too \
+                 (etcd wiped or restored?); weftctl agent moves it, weftctl doctor shows it",
+                spec.tag.unwrap_or_default(),
+                cfg.bridge,
+                cfg.network,
+                p.name,
+                crate::vlan::network_of(&p).unwrap_or("?")
+            ),
+        ));
     }
     let gw_found = found.get(1).map(ovs_mod::found_ports).unwrap_or_default();
     let gateways: Vec<GatewayRules> = found

@@ -35,7 +35,7 @@ fn check_vlan(cfg: &Config, ovs: &mut Ovs, port: &str) -> Result<()> {
         .port_tags(&[port])?
         .into_iter()
         .next()
-        .and_then(|(_, t)| t);
+        .and_then(|p| p.tag);
     match (want, have) {
         (Some(w), Some(h)) if w == h => Ok(()),
         (None, _) => Err(mismatch(format!(

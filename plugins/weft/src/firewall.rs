@@ -301,6 +301,7 @@ mod tests {
             uuid: "u".into(),
             name: "wgwa".into(),
             external_ids: g.to_ids(),
+            tag: None,
         };
         assert_eq!(GatewayRules::from_port(&p), g);
     }

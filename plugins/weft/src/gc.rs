@@ -54,6 +54,7 @@ pub fn gc(ctx: &Context, cfg: &Config) -> Result<()> {
             .is_none()
     {
         ovs.forget_local_vlan(&cfg.bridge, &cfg.network)?;
+        crate::vlan::forget_hint(&cfg.bridge, &cfg.network);
     }
     delegate::exec_if_supported(&ipam_bin, Command::Gc, &cfg.raw)?;
     Ok(())

@@ -30,6 +30,8 @@ pub struct FoundPort {
     pub uuid: String,
     pub name: String,
     pub external_ids: Vec<(String, String)>,
+    /// Its VLAN, when the select asked for `tag` and it has one.
+    pub tag: Option<u32>,
 }
 
 impl FoundPort {
@@ -308,19 +310,9 @@ impl Ovs {
             .map_err(ovs_err)
     }
 
-    /// Every port with its VLAN tag (None: no tag, a trunk).
-    pub fn port_tags(&mut self, names: &[&str]) -> Result<Vec<(FoundPort, Option<u32>)>> {
-        let r = self
-            .client
-            .transact(&plan::port_tags(names))
-            .map_err(ovs_err)?;
-        let null = Value::Null;
-        let sel = r.first().unwrap_or(&null);
-        let tags: Vec<Option<u32>> = sel["rows"]
-            .as_array()
-            .map(|rows| rows.iter().map(|row| read_tag(&row["tag"])).collect())
-            .unwrap_or_default();
-        Ok(found_ports(sel).into_iter().zip(tags).collect())
+    /// Ports with their VLAN tags (all of them when `names` is empty).
+    pub fn port_tags(&mut self, names: &[&str]) -> Result<Vec<FoundPort>> {
+        self.find(plan::port_tags(names))
     }
 
     /// Puts port `name` on VLAN `tag`.
@@ -491,6 +483,7 @@ pub fn found_ports(select_result: &Value) -> Vec<FoundPort> {
                         uuid: read_uuid(&row["_uuid"])?.to_string(),
                         name: row["name"].as_str()?.to_string(),
                         external_ids: read_map(&row["external_ids"]),
+                        tag: read_tag(&row["tag"]),
                     })
                 })
                 .collect()

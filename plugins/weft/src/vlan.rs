@@ -19,6 +19,57 @@ pub const LOCAL: RangeInclusive<u32> = 4000..=4094;
 pub const PARKED: u32 = 4095;
 
 const KEY_PREFIX: &str = "weft.vlan.";
+/// Where ADD remembers a single-host network's tag between runs, to skip a
+/// round trip to ovsdb-server. Only a hint: the attach transaction checks
+/// the bridge's record atomically and a stale hint costs one retry.
+const HINTS: &str = "/run/weft/vlans";
+
+fn hint_path(bridge: &str, network: &str) -> std::path::PathBuf {
+    // Both are safe as path parts: an interface name and a CNI network name.
+    std::path::Path::new(HINTS).join(bridge).join(network)
+}
+
+/// The tag ADD last found for `network` on `bridge`, if it remembers one.
+pub fn read_hint(bridge: &str, network: &str) -> Option<u32> {
+    std::fs::read_to_string(hint_path(bridge, network))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|t| LOCAL.contains(t))
+}
+
+/// Remembers `tag`; best effort (root-only, like all weft writes).
+pub fn write_hint(bridge: &str, network: &str, tag: u32) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = hint_path(bridge, network);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let done = path
+        .parent()
+        .map_or(Ok(()), |d| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+        })
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+        })
+        .and_then(|mut f| std::io::Write::write_all(&mut f, tag.to_string().as_bytes()))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+pub fn forget_hint(bridge: &str, network: &str) {
+    let _ = std::fs::remove_file(hint_path(bridge, network));
+}
 
 /// The bridge external_ids key that records `network`'s tag.
 pub fn key(network: &str) -> String {
@@ -51,6 +102,28 @@ pub fn networks(ids: &[(String, String)]) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// The network a weft port serves: an attachment's, a tunnel's, a gateway's.
+pub fn network_of(p: &crate::ovs::FoundPort) -> Option<&str> {
+    p.id(crate::names::ids::NETWORK)
+        .or_else(|| p.id(crate::overlay::tunnels::ids::TUNNEL_FOR))
+        .or_else(|| p.id(crate::overlay::gateway::GATEWAY_FOR))
+}
+
+/// Ports not on their network's VLAN, with the tag each should have;
+/// `want` gives a network's VLAN, None when it is not known here.
+pub fn misplaced(
+    ports: &[crate::ovs::FoundPort],
+    want: impl Fn(&str) -> Option<u32>,
+) -> Vec<(String, u32)> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let w = want(network_of(p)?)?;
+            (p.tag != Some(w)).then(|| (p.name.clone(), w))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +153,32 @@ mod tests {
         assert_eq!(lookup(&have, "red"), Some(4002));
         assert_eq!(lookup(&have, "green"), None);
         assert_eq!(networks(&have).len(), 2);
+    }
+
+    #[test]
+    fn misplaced_finds_wrong_and_missing_tags_of_known_networks() {
+        let port = |name: &str, key: &str, net: &str, tag: Option<u32>| crate::ovs::FoundPort {
+            uuid: name.into(),
+            name: name.into(),
+            external_ids: vec![(key.into(), net.into())],
+            tag,
+        };
+        let ports = [
+            port("ok", "weft.network", "blue", Some(7)),
+            port("moved", "weft.network", "blue", Some(8)),
+            port("trunk", "weft.tunnel_for", "blue", None),
+            port("gw", "weft.gateway_for", "red", Some(1)),
+            port("stranger", "weft.network", "green", Some(3)),
+        ];
+        let want = |n: &str| match n {
+            "blue" => Some(7),
+            "red" => Some(2),
+            _ => None,
+        };
+        assert_eq!(
+            misplaced(&ports, want),
+            vec![("moved".into(), 7), ("trunk".into(), 7), ("gw".into(), 2)]
+        );
     }
 
     #[test]

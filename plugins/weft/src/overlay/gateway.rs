@@ -132,6 +132,14 @@ pub fn ensure(
         }
         Some(_) => {}
     }
+    // A tag changed by hand (or by an older weft) would put the gateway in
+    // another network.
+    if let (Some(p), Some(t)) = (found, g.tag) {
+        if p.tag != Some(t) {
+            tracing::warn!(port = %spec.name, have = ?p.tag, want = t, "gateway on the wrong VLAN; moving it");
+            ovs.set_port_tag(&spec.name, t)?;
+        }
+    }
     firewall::ensure(ovs, known, &r)?;
     let link = nl
         .link(nl.host(), &spec.name)?

@@ -7,6 +7,9 @@ pub mod gateway;
 pub mod registry;
 pub mod tunnels;
 pub mod underlay;
+pub mod vnis;
+
+use std::collections::HashMap;
 
 use weft_cni::Result;
 use weft_ipam::etcd::EtcdStore;
@@ -43,7 +46,16 @@ pub fn join(cfg: &Config, o: &config::Overlay, u: &Underlay) -> Result<View> {
         name: o.node.clone(),
         ip: u.ip,
     };
-    registry::join(&mut store, &cfg.network, o, &me)
+    // Only asked for a network the registry has no record of.
+    let on_bridge = || match Ovs::connect(&cfg.ovsdb_socket).and_then(|mut ovs| ovs.port_tags(&[]))
+    {
+        Ok(ports) => vnis::on_bridge(&ports),
+        Err(e) => {
+            tracing::warn!(error = %e.msg, "cannot read this bridge's VLANs; choosing a VNI without them");
+            HashMap::new()
+        }
+    };
+    registry::join_with(&mut store, &cfg.network, o, &me, on_bridge)
 }
 
 /// Brings the network's tunnel ports in line with `view`, given the ones

@@ -10,6 +10,7 @@
 //! A joining host writes what is missing in one compare-guarded transaction;
 //! in the steady state an ADD costs one read.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use weft_ipam::alloc::store_err;
 use weft_ipam::store::{Compare, Read, ReadResult, Store, Write};
 
 use super::config::{Overlay, TunnelKind, MAX_VNI};
+use super::vnis;
 
 pub const ROOT: &str = "/weft/v1/";
 
@@ -127,19 +129,22 @@ fn check_agrees(net: &str, rec: &NetworkRecord, o: &Overlay) -> Result<()> {
     Ok(())
 }
 
-/// The lowest VNI no network holds.
-fn free_vni(used: &ReadResult) -> Option<u32> {
-    let taken: std::collections::HashSet<u32> = used
-        .kvs
-        .iter()
-        .filter_map(|kv| last_segment(&kv.key).parse().ok())
-        .collect();
-    (1..=MAX_VNI).find(|v| !taken.contains(v))
-}
-
 /// Registers `me` and its membership of `net` where missing, settles the
 /// network's VNI, and returns the view. One read when all is in place.
 pub fn join(store: &mut impl Store, net: &str, o: &Overlay, me: &NodeRecord) -> Result<View> {
+    join_with(store, net, o, me, HashMap::new)
+}
+
+/// [`join`], where a network without a record takes its VNI with regard to
+/// the VLANs this host's bridge already carries: `on_bridge` gives them
+/// (network -> tag), and is only asked on that rare path (see [`vnis`]).
+pub fn join_with(
+    store: &mut impl Store,
+    net: &str,
+    o: &Overlay,
+    me: &NodeRecord,
+    mut on_bridge: impl FnMut() -> HashMap<String, u32>,
+) -> Result<View> {
     for _ in 0..8 {
         let r = store
             .read(&[
@@ -147,7 +152,6 @@ pub fn join(store: &mut impl Store, net: &str, o: &Overlay, me: &NodeRecord) -> 
                 Read::Key(member_key(net, &me.name)),
                 Read::prefix(&members_prefix(net)),
                 Read::prefix(&nodes_prefix()),
-                Read::Key(vni_key(o.vni.unwrap_or(0))),
             ])
             .map_err(store_err)?;
         let network = decode_network(&r[0]);
@@ -161,27 +165,25 @@ pub fn join(store: &mut impl Store, net: &str, o: &Overlay, me: &NodeRecord) -> 
                 rec
             }
             None => {
-                let vni = match o.vni {
-                    Some(v) => {
-                        if let Some(kv) = r[4].kvs.first() {
+                let used = store
+                    .read(&[Read::prefix(&vnis_prefix())])
+                    .map_err(store_err)?;
+                let owners = vnis::owners(&used[0]);
+                let (vni, reserved) = match o.vni {
+                    Some(v) => match owners.get(&v) {
+                        Some(holder) if holder != net => {
                             return Err(Error::config(format!(
-                                "vni {v} is already used by network {}",
-                                String::from_utf8_lossy(&kv.value)
-                            )));
+                                "vni {v} is already used by network {holder}"
+                            )))
                         }
-                        v
-                    }
-                    None => {
-                        let used = store
-                            .read(&[Read::prefix(&vnis_prefix())])
-                            .map_err(store_err)?;
-                        free_vni(&used[0]).ok_or_else(|| {
-                            Error::new(
-                                weft_ipam::alloc::POOL_EXHAUSTED,
-                                format!("all {MAX_VNI} VNIs are taken"),
-                            )
-                        })?
-                    }
+                        held => (v, held.is_some()),
+                    },
+                    None => vnis::choose(net, &on_bridge(), &owners).ok_or_else(|| {
+                        Error::new(
+                            weft_ipam::alloc::POOL_EXHAUSTED,
+                            format!("all {MAX_VNI} VNIs are taken"),
+                        )
+                    })?,
                 };
                 let rec = NetworkRecord {
                     vni,
@@ -189,9 +191,14 @@ pub fn join(store: &mut impl Store, net: &str, o: &Overlay, me: &NodeRecord) -> 
                     port: o.port,
                 };
                 compares.push(Compare::Absent(network_key(net)));
-                compares.push(Compare::Absent(vni_key(vni)));
                 writes.push(Write::Put(network_key(net), to_vec(&rec)));
-                writes.push(Write::Put(vni_key(vni), net.as_bytes().to_vec()));
+                if reserved {
+                    // An agent re-reserved it for this network after a wipe.
+                    compares.push(Compare::ValueIs(vni_key(vni), net.as_bytes().to_vec()));
+                } else {
+                    compares.push(Compare::Absent(vni_key(vni)));
+                    writes.push(Write::Put(vni_key(vni), net.as_bytes().to_vec()));
+                }
                 rec
             }
         };
