@@ -16,6 +16,7 @@ pub mod ipamtest;
 pub mod netns;
 pub mod ovs;
 pub mod pki;
+pub mod probe;
 pub mod rawsock;
 pub mod runtime;
 

@@ -6,110 +6,15 @@
 //! it would land (sockets and packet sockets in the target namespace), not
 //! by the sender's exit code.
 
-use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use serde_json::{json, Value};
 use weft_harness::cluster;
 use weft_harness::netns::Netns;
+use weft_harness::probe::{listen_all, probe};
 use weft_harness::rawsock;
 use weft_harness::runtime::{self, weft_network, Call, Network};
 use weft_harness::{require_root, Attach, Container, Host};
-
-const PORT: u16 = 9998;
-
-/// Everything that reaches `ns` on PORT for `window`: UDP payloads, TCP
-/// connections, and ICMP echo requests carrying "weft" (a raw socket sees
-/// only what the IP stack accepted, after the firewall).
-fn listen_all(ns: &Netns, window: Duration) -> std::thread::JoinHandle<Result<Vec<String>>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = rawsock::in_netns(ns, move || {
-        let udp = UdpSocket::bind(("0.0.0.0", PORT))?;
-        udp.set_nonblocking(true)?;
-        let tcp = TcpListener::bind(("0.0.0.0", PORT))?;
-        tcp.set_nonblocking(true)?;
-        // SAFETY: plain socket(2); owned right after.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        anyhow::ensure!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: just returned by socket(2).
-        let raw = unsafe { OwnedFd::from_raw_fd(raw) };
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + window;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                got.push(format!(
-                    "udp {} from {from}",
-                    String::from_utf8_lossy(&buf[..n]).trim()
-                ));
-            }
-            if let Ok((mut s, from)) = tcp.accept() {
-                s.set_nonblocking(false)?;
-                s.set_read_timeout(Some(Duration::from_millis(300)))?;
-                let mut text = String::new();
-                let _ = std::io::Read::read_to_string(&mut s, &mut text);
-                got.push(format!("tcp {} from {from}", text.trim()));
-            }
-            // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::recv(raw.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 28 {
-                let pkt = &buf[..n as usize];
-                let ihl = usize::from(pkt[0] & 0x0f) * 4;
-                if pkt.get(ihl) == Some(&8) {
-                    if let Some(at) = pkt.windows(4).position(|w| w == b"weft") {
-                        let tag: String = pkt[at..(at + 8).min(pkt.len())]
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect();
-                        got.push(format!(
-                            "icmp echo {tag} to {}.{}.{}.{}",
-                            pkt[16], pkt[17], pkt[18], pkt[19]
-                        ));
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Ok(got)
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-    h
-}
-
-/// UDP, TCP and ICMP to `dst` from `c`, each carrying `id`.
-fn probe(c: &Container, dst: &str, id: u8) {
-    let msg = format!("weft-probe-{id}-{dst}");
-    let _ = c
-        .netns
-        .exec(&["bash", "-c", &format!("echo {msg} > /dev/udp/{dst}/{PORT}")]);
-    let _ = c.netns.exec(&[
-        "timeout",
-        "0.5",
-        "bash",
-        "-c",
-        &format!("echo {msg} > /dev/tcp/{dst}/{PORT}"),
-    ]);
-    // ping's pattern: "weft" then the id, so the receiver can tell probes apart.
-    let _ = c.netns.exec(&[
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-p",
-        &format!("77656674{id:02x}"),
-        dst,
-    ]);
-}
 
 fn octets(ip: &str) -> [u8; 4] {
     ip.parse::<std::net::Ipv4Addr>().unwrap().octets()
@@ -229,9 +134,9 @@ fn single_host_networks_on_one_bridge_share_no_l2() {
     // Same network still talks at L3.
     let a_ip = a.ipv4("eth0").unwrap();
     let b_at = listen_all(&b.netns, Duration::from_millis(1500));
-    probe(&a, &b.ipv4("eth0").unwrap(), 1);
+    probe(&a.netns, &b.ipv4("eth0").unwrap(), 1);
     let r_at = listen_all(&r.netns, Duration::from_millis(1500));
-    probe(&a, &r.ipv4("eth0").unwrap(), 2);
+    probe(&a.netns, &r.ipv4("eth0").unwrap(), 2);
     probes += 2;
     let got_b = b_at.join().unwrap().unwrap();
     if got_b.len() == 3 {
@@ -373,7 +278,7 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
         .into_iter()
         .enumerate()
     {
-        probe(&a, dst, i as u8 + 10);
+        probe(&a.netns, dst, i as u8 + 10);
         probes += 3;
     }
     // A static neighbour: red's container behind red's gateway MAC.
@@ -402,7 +307,7 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
             "permanent",
         ])
         .unwrap();
-    probe(&a, &r_ip, 20);
+    probe(&a.netns, &r_ip, 20);
     probes += 3;
     a.netns
         .ok(&["ip", "route", "del", &format!("{r_ip}/32")])
