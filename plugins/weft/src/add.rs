@@ -79,8 +79,10 @@ fn attach_plan(
     }
     // A VNI the registry handed out after a wipe or a restore may still be
     // on this bridge for another network: found in the same transaction.
+    // (A single-host network's tag comes from the bridge's own record,
+    // claimed atomically, and local tags never meet VNIs.)
     let strangers_at = extra.len();
-    if let Some(t) = tag {
+    if let Some(t) = view.map(|v| v.network.vni) {
         extra.extend(plan::strangers_on_vlan(
             t,
             &[
