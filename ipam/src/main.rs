@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use weft_cni::result::{CniResult, IpConfig};
@@ -91,34 +90,9 @@ impl FileHints {
     }
 
     fn save(&self) {
-        let Some(dir) = self.path.parent() else {
-            return;
-        };
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
         // Which addresses a host hands out is nobody else's business.
-        let written = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-            })
-            .and_then(|mut f| {
-                std::io::Write::write_all(
-                    &mut f,
-                    &serde_json::to_vec(&self.map).unwrap_or_default(),
-                )
-            })
-            .and_then(|_| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
+        let bytes = serde_json::to_vec(&self.map).unwrap_or_default();
+        if let Err(e) = weft_cni::files::write_private(&self.path, &bytes) {
             tracing::debug!(error = %e, "cannot save allocation hint");
         }
     }

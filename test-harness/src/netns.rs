@@ -17,6 +17,41 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// The link holding IPv4 or IPv6 address `ip`: (name, MAC).
+    pub fn link_with_address(&self, ip: &str) -> Result<(String, String)> {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["ip", "-j", "addr"])?)?;
+        let l = v
+            .as_array()
+            .and_then(|links| {
+                links.iter().find(|l| {
+                    l["addr_info"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x["local"] == ip))
+                })
+            })
+            .with_context(|| format!("no link has {ip}"))?;
+        let field = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+        Ok((field("ifname"), field("address")))
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac`, on-link through `dev`.
+    pub fn static_neighbour(&self, dev: &str, ip: &str, mac: &str) -> Result<()> {
+        self.ok(&["ip", "route", "replace", &format!("{ip}/32"), "dev", dev])?;
+        self.ok(&[
+            "ip",
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
     pub fn new(label: &str) -> Result<Self> {
         let name = cleanup::name(label);
         let st = Command::new("ip")

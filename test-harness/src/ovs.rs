@@ -42,6 +42,21 @@ fn wait_for(path: &Path, what: &str) -> Result<()> {
 }
 
 impl Ovs {
+    /// The VLAN tags of network `net`'s container ports.
+    pub fn network_tags(&self, net: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .vsctl(&[
+                "--bare",
+                "--columns=tag",
+                "find",
+                "Port",
+                &format!("external_ids:weft.network={net}"),
+            ])?
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect())
+    }
+
     pub fn start(dir: &Path, host: &Netns) -> Result<Self> {
         let db = dir.join("conf.db");
         let st = Command::new("ovsdb-tool")

@@ -86,27 +86,8 @@ pub fn arp_request(mac: [u8; 6], sender_ip: [u8; 4], target: [u8; 4]) -> Vec<u8>
 
 /// Sends one broadcast ARP request for `target` out of `ifname` in `ns`.
 pub fn send_arp(ns: &Netns, ifname: &str, sender_ip: [u8; 4], target: [u8; 4]) -> Result<()> {
-    let ifname = ifname.to_string();
-    in_netns(ns, move || {
-        let (fd, _) = packet_socket(&ifname)?;
-        let mac = [0x02, 0x77, 0x65, 0x66, 0x74, 0x01];
-        let frame = arp_request(mac, sender_ip, target);
-        // SAFETY: frame is a valid buffer of the length passed.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-            )
-        };
-        if n != frame.len() as isize {
-            bail!("send: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
+    let mac = [0x02, 0x77, 0x65, 0x66, 0x74, 0x01];
+    send_frames(ns, ifname, vec![arp_request(mac, sender_ip, target)])
 }
 
 /// A broadcast frame from `src` carrying `payload`, tagged with 802.1Q

@@ -120,30 +120,7 @@ fn host_end_is_a_wire_into_ovs_not_a_host_interface() {
     for end in &ends {
         let mac = mac_of(h, end);
         for dst in ["192.0.2.1", "198.51.100.2"] {
-            a.netns
-                .ok(&[
-                    "ip",
-                    "route",
-                    "replace",
-                    &format!("{dst}/32"),
-                    "dev",
-                    "eth0",
-                ])
-                .unwrap();
-            a.netns
-                .ok(&[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    dst,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ])
-                .unwrap();
+            a.netns.static_neighbour("eth0", dst, &mac).unwrap();
             let payload = format!("weft-leak-{end}-{dst}");
             let _ = a.netns.exec(&[
                 "bash",

@@ -31,41 +31,12 @@ fn octets(ip: &str) -> [u8; 4] {
     ip.parse::<std::net::Ipv4Addr>().unwrap().octets()
 }
 
-/// The link in `ns` holding `ip`: (name, MAC).
 fn link_with(ns: &Netns, ip: &str) -> (String, String) {
-    let v: Value = serde_json::from_str(&ns.ok(&["ip", "-j", "addr"]).unwrap()).unwrap();
-    let l = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| {
-            l["addr_info"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["local"] == ip))
-        })
-        .unwrap();
-    (
-        l["ifname"].as_str().unwrap().to_string(),
-        l["address"].as_str().unwrap().to_string(),
-    )
+    ns.link_with_address(ip).unwrap()
 }
 
 fn vlan_of(c: &Cluster, h: usize, net: &str) -> u16 {
-    c.hosts[h]
-        .ovs
-        .vsctl(&[
-            "--bare",
-            "--columns=tag",
-            "find",
-            "Port",
-            &format!("external_ids:weft.network={net}"),
-        ])
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    c.hosts[h].ovs.network_tags(net).unwrap()[0] as u16
 }
 
 #[derive(Default)]
@@ -203,30 +174,7 @@ fn round(c: &Cluster, members: &[Member], a: usize, t: &mut Tally) {
         let Some(gw) = m.gateway else { continue };
         let (_, mac) = link_with(&c.hosts[me.host].netns, gw);
         // What arrives is caught by the round's listener in that namespace.
-        me.ns
-            .ok(&[
-                "ip",
-                "route",
-                "replace",
-                &format!("{}/32", m.ip),
-                "dev",
-                "eth0",
-            ])
-            .unwrap();
-        me.ns
-            .ok(&[
-                "ip",
-                "neigh",
-                "replace",
-                &m.ip,
-                "lladdr",
-                &mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])
-            .unwrap();
+        me.ns.static_neighbour("eth0", &m.ip, &mac).unwrap();
         probe(me.ns, &m.ip, 200);
         t.probes += 3;
         me.ns

@@ -283,30 +283,7 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
     }
     // A static neighbour: red's container behind red's gateway MAC.
     let red_mac = mac_with_address(h, "10.62.0.1");
-    a.netns
-        .ok(&[
-            "ip",
-            "route",
-            "replace",
-            &format!("{r_ip}/32"),
-            "dev",
-            "eth0",
-        ])
-        .unwrap();
-    a.netns
-        .ok(&[
-            "ip",
-            "neigh",
-            "replace",
-            &r_ip,
-            "lladdr",
-            &red_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
+    a.netns.static_neighbour("eth0", &r_ip, &red_mac).unwrap();
     probe(&a.netns, &r_ip, 20);
     probes += 3;
     a.netns
@@ -449,27 +426,12 @@ fn gateways_open_only_their_own_address_and_the_firewall_stays() {
 
 /// The MAC of the link in `ns` that holds `ip`.
 fn mac_with_address(ns: &Netns, ip: &str) -> String {
-    link_field(ns, ip, "address")
+    ns.link_with_address(ip).unwrap().1
 }
 
 /// The name of the link in `ns` that holds `ip`.
 fn link_with_address(ns: &Netns, ip: &str) -> String {
-    link_field(ns, ip, "ifname")
-}
-
-fn link_field(ns: &Netns, ip: &str, field: &str) -> String {
-    let v: Value = serde_json::from_str(&ns.ok(&["ip", "-j", "addr"]).unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|l| {
-            l["addr_info"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["local"] == ip))
-        })
-        .and_then(|l| l[field].as_str())
-        .unwrap()
-        .to_string()
+    ns.link_with_address(ip).unwrap().0
 }
 
 fn keep<'a>(kept: &'a mut Vec<Container>, label: &str) -> &'a Container {

@@ -432,19 +432,7 @@ fn gateway_host_route_portmap_and_nat() {
 
 /// The VLAN tags of `net`'s container ports on `host`.
 fn net_tags(c: &Cluster, host: usize, net: &str) -> Vec<u32> {
-    c.hosts[host]
-        .ovs
-        .vsctl(&[
-            "--bare",
-            "--columns=tag",
-            "find",
-            "Port",
-            &format!("external_ids:weft.network={net}"),
-        ])
-        .unwrap()
-        .split_whitespace()
-        .map(|t| t.parse().unwrap())
-        .collect()
+    c.hosts[host].ovs.network_tags(net).unwrap()
 }
 
 /// Removes the registry (not IPAM's keys): what a wiped or fresh etcd has.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod files;
 pub mod logging;
 pub mod result;
 pub mod skel;

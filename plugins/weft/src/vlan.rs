@@ -41,30 +41,7 @@ pub fn read_hint(bridge: &str, network: &str) -> Option<u32> {
 
 /// Remembers `tag`; best effort (root-only, like all weft writes).
 pub fn write_hint(bridge: &str, network: &str, tag: u32) {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = hint_path(bridge, network);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let done = path
-        .parent()
-        .map_or(Ok(()), |d| {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)
-        })
-        .and_then(|_| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-        })
-        .and_then(|mut f| std::io::Write::write_all(&mut f, tag.to_string().as_bytes()))
-        .and_then(|_| std::fs::rename(&tmp, &path));
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = weft_cni::files::write_private(&hint_path(bridge, network), tag.to_string().as_bytes());
 }
 
 pub fn forget_hint(bridge: &str, network: &str) {
