@@ -380,6 +380,9 @@ impl<'a, S: Store> Allocator<'a, S> {
                 ));
             }
         }
+        let mut known = known;
+        known.sort();
+        known.dedup();
         let mut own: Vec<Vec<IpNet>> = (0..sets).map(|s| self.in_set(s, &known)).collect();
         // Addresses known taken, learnt from failed attempts.
         let mut taken: Vec<HashSet<IpAddr>> = vec![HashSet::new(); sets];
@@ -403,7 +406,7 @@ impl<'a, S: Store> Allocator<'a, S> {
                 {
                     Pick::Own(ip, block)
                 } else {
-                    match self.claim_block(set)? {
+                    match self.claim_block(set, &own[set])? {
                         Some(block) => {
                             own[set].push(block);
                             let first = self.first_free_after(set, &[block], None, &taken[set]);
@@ -438,7 +441,21 @@ impl<'a, S: Store> Allocator<'a, S> {
                     return Ok(self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>()));
                 }
                 Attempt::AlreadyHeld(kv) => return self.existing(&kv),
-                Attempt::Lost { used, lost_blocks } => {
+                Attempt::Lost {
+                    used,
+                    lost_blocks,
+                    index,
+                } => {
+                    if !lost_blocks.is_empty() {
+                        // One stale block means the cache is not to be
+                        // trusted: etcd's index replaces all of it, and the
+                        // cache is saved clean whatever happens next.
+                        for (set, o) in own.iter_mut().enumerate() {
+                            *o = self.in_set(set, &index);
+                            o.retain(|b| !lost_blocks.contains(b));
+                        }
+                        hints.set_blocks(own.iter().flatten().copied().collect());
+                    }
                     for (set, p) in picks.iter().enumerate() {
                         if let Pick::Static(ip) = p {
                             if let Some(holder) =
@@ -530,6 +547,10 @@ impl<'a, S: Store> Allocator<'a, S> {
                 on_failure.push(self.keys.ips_in(b));
             }
         }
+        // When a cached block is gone, the whole cache may be stale (etcd
+        // restored, the network made anew): its truth comes back in the
+        // same round trip.
+        on_failure.push(Read::prefix(&self.keys.node_blocks(node)));
         let r = self
             .store
             .txn(&compares, &writes, &on_failure)
@@ -542,7 +563,25 @@ impl<'a, S: Store> Allocator<'a, S> {
         }
         let mut used = Vec::new();
         let mut lost_blocks = Vec::new();
-        for rr in &r.reads[1..] {
+        let (index_read, reads) = r.reads[1..]
+            .split_last()
+            .ok_or_else(|| Error::unexpected("etcd answered fewer reads than asked"))?;
+        let index: Vec<IpNet> = index_read
+            .kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        // A block of ours whose key is absent is lost as surely as one
+        // another node holds.
+        for p in picks {
+            if let Pick::Own(_, b) = p {
+                let key = self.keys.block(b);
+                if !reads.iter().any(|rr| rr.kvs.iter().any(|kv| kv.key == key)) {
+                    lost_blocks.push(*b);
+                }
+            }
+        }
+        for rr in reads {
             for kv in &rr.kvs {
                 if let Some(b) = kv
                     .key
@@ -561,19 +600,35 @@ impl<'a, S: Store> Allocator<'a, S> {
                 }
             }
         }
-        Ok(Attempt::Lost { used, lost_blocks })
+        Ok(Attempt::Lost {
+            used,
+            lost_blocks,
+            index,
+        })
     }
 
     /// Claims a free block of `set` for this node; None when none is left.
-    fn claim_block(&mut self, set: usize) -> Result<Option<IpNet>> {
+    fn claim_block(&mut self, set: usize, own: &[IpNet]) -> Result<Option<IpNet>> {
         let node = self.cfg.node.clone();
         let prefix = self.prefix_for(set);
         for _ in 0..MAX_ATTEMPTS {
-            let claimed = self
+            let r = self
                 .store
-                .read(&[Read::prefix(&self.keys.blocks())])
+                .read(&[
+                    Read::prefix(&self.keys.blocks()),
+                    Read::prefix(&self.keys.node_blocks(&node)),
+                ])
                 .map_err(store_err)?;
-            let claimed: HashSet<IpNet> = claimed[0]
+            // Ours in etcd but not in the cache (another weft-ipam on this
+            // node saved its cache over ours): use it before claiming more.
+            let forgotten = self
+                .blocks_of_set(set, &r[1].kvs)
+                .into_iter()
+                .find(|b| !own.contains(b));
+            if forgotten.is_some() {
+                return Ok(forgotten);
+            }
+            let claimed: HashSet<IpNet> = r[0]
                 .kvs
                 .iter()
                 .filter_map(|kv| parse_block_key(&kv.key))
@@ -673,6 +728,9 @@ enum Attempt {
     Lost {
         used: Vec<(IpAddr, Holder)>,
         lost_blocks: Vec<IpNet>,
+        /// The node's index of its blocks as etcd has it, read when a
+        /// cached block turned out not to be ours.
+        index: Vec<IpNet>,
     },
 }
 

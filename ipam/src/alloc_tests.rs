@@ -374,3 +374,73 @@ fn keys_round_trip() {
         Some(ip("10.244.0.70"))
     );
 }
+
+#[test]
+fn stale_duplicated_hints_never_fail_an_add_and_are_cleaned_at_once() {
+    let c = cfg("a", v4("10.50.0.0/16"));
+    // A fresh etcd, and a cache from an earlier one: the same block several
+    // times, and blocks etcd has never heard of.
+    let mut s = MemStore::default();
+    let stale: IpNet = "10.50.0.192/26".parse().unwrap();
+    let mut hints = MemHints::default();
+    hints.set_blocks(vec![
+        stale,
+        stale,
+        "10.50.2.0/26".parse().unwrap(),
+        stale,
+        "10.50.9.64/26".parse().unwrap(),
+    ]);
+    let mut trips = Vec::new();
+    let mut seen = HashSet::new();
+    for i in 0..12 {
+        let before = s.round_trips();
+        let got = Allocator::new(&c, &mut s)
+            .add(&format!("c{i}"), "eth0", &[], &mut hints)
+            .unwrap_or_else(|e| panic!("ADD {i}: {}", e.msg));
+        trips.push(s.round_trips() - before);
+        assert!(seen.insert(got[0].ip), "{} handed out twice", got[0].ip);
+        let cached = hints.blocks().unwrap();
+        let mut dedup = cached.clone();
+        dedup.dedup();
+        assert_eq!(cached, dedup, "duplicates left in the cache");
+        assert!(
+            !cached.contains(&stale)
+                || s.data
+                    .contains_key("/weft/v1/ipam/net/blocks/4-0a3200c0-26"),
+            "a stale block stayed in the cache: {cached:?}"
+        );
+    }
+    // The first ADD: the refused reservation (which also reads the node's
+    // index), the claim's read and write, the reservation. Then one each.
+    assert!(trips[0] <= 4, "{trips:?}");
+    assert!(trips[1..].iter().all(|t| *t == 1), "{trips:?}");
+    eprintln!("round trips per ADD with stale hints: {trips:?}");
+}
+
+#[test]
+fn a_block_the_cache_lost_is_used_before_claiming_another() {
+    let c = cfg("a", v4("10.60.0.0/16"));
+    let mut s = MemStore::default();
+    let mut first = MemHints::default();
+    add_with(&c, &mut s, "c0", &mut first);
+    let ours = first.blocks().unwrap();
+    assert_eq!(ours.len(), 1);
+    // Another weft-ipam on this node saved an empty cache over ours.
+    let mut forgot = MemHints {
+        blocks: Some(Vec::new()),
+        ..Default::default()
+    };
+    let got = add_with(&c, &mut s, "c1", &mut forgot);
+    assert!(
+        ours[0].contains(&got[0].ip),
+        "{} is not in {}",
+        got[0].ip,
+        ours[0]
+    );
+    let claimed = s.data.keys().filter(|k| k.contains("/blocks/")).count();
+    assert_eq!(claimed, 1, "a second block was claimed");
+}
+
+fn add_with(c: &IpamConfig, s: &mut MemStore, cid: &str, h: &mut MemHints) -> Vec<Allocated> {
+    Allocator::new(c, s).add(cid, "eth0", &[], h).unwrap()
+}

@@ -131,8 +131,10 @@ impl Plugin for WeftIpam {
             ctx.env.ifname(),
             &requested,
             &mut hints,
-        )?;
+        );
+        // Also after a failure: a cache found stale has been cleaned.
         hints.save();
+        let got = got?;
         tracing::debug!(
             round_trips = store.round_trips(),
             ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -79,3 +79,53 @@ fn eight_nodes_times_hundred_concurrent_adds_never_duplicate() {
     );
     assert_eq!(granted.len() + codes.len(), 800);
 }
+
+/// Hints left from an earlier etcd (a reinstalled or restored cluster):
+/// duplicated and unknown blocks, then a corrupt file. Every ADD succeeds,
+/// the first cleans the cache, and no address is handed out twice.
+#[test]
+fn stale_duplicated_and_corrupt_hints_never_fail_an_add() {
+    require_root();
+    let fabric = Fabric::new("hint").unwrap();
+    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let dir = &etcd.dir.path;
+    let conf = ipam_conf("blue", "10.50.0.0/16", "n0", &etcd.endpoints(), dir);
+    let hint = dir.join("blue").join("hints-n0.json");
+    std::fs::create_dir_all(hint.parent().unwrap()).unwrap();
+    let stale = r#"{"last":{},"blocks":["10.50.0.192/26","10.50.0.192/26","10.50.2.0/26","10.50.0.192/26","10.50.7.64/26"]}"#;
+    std::fs::write(&hint, stale).unwrap();
+    let mut granted = Vec::new();
+    for c in 0..12 {
+        let (ok, codes) = outcomes(vec![ipam_cmd(
+            &fabric.netns,
+            "ADD",
+            &format!("c{c}"),
+            &conf,
+        )]);
+        assert!(codes.is_empty(), "ADD {c} refused: {codes:?}");
+        granted.extend(ok);
+        if c == 0 {
+            let cached: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&hint).unwrap()).unwrap();
+            let blocks = cached["blocks"].as_array().unwrap();
+            let claimed: HashSet<String> = reservations(&etcd, &fabric, "blue")
+                .iter()
+                .filter_map(|(k, _)| addr_of_key(k))
+                .map(|ip| ip.to_string())
+                .collect();
+            assert_eq!(
+                blocks.len(),
+                1,
+                "cleaned to the one block claimed: {cached}"
+            );
+            assert!(!claimed.is_empty());
+        }
+    }
+    std::fs::write(&hint, b"{not json").unwrap();
+    let (ok, codes) = outcomes(vec![ipam_cmd(&fabric.netns, "ADD", "c-corrupt", &conf)]);
+    assert!(codes.is_empty(), "{codes:?}");
+    granted.extend(ok);
+    let unique: HashSet<&String> = granted.iter().collect();
+    assert_eq!(unique.len(), 13, "{granted:?}");
+    assert_eq!(reservations(&etcd, &fabric, "blue").len(), 13);
+}
