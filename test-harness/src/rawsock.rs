@@ -33,10 +33,6 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
-fn packet_socket(ifname: &str) -> Result<(OwnedFd, i32)> {
-    packet_socket_for(ifname, ETH_P_ARP)
-}
-
 fn packet_socket_for(ifname: &str, proto: u16) -> Result<(OwnedFd, i32)> {
     // SAFETY: plain socket(2); the fd is owned right after.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto.to_be() as i32) };
@@ -140,43 +136,15 @@ pub fn collect_marked(
     marker: &'static [u8],
     window: Duration,
 ) -> std::thread::JoinHandle<Result<Vec<String>>> {
-    let ifname = ifname.to_string();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = in_netns(ns, move || {
-        let (fd, _) = packet_socket_for(&ifname, ETH_P_ALL)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + window;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
-                continue;
-            }
-            // SAFETY: zeroed sockaddr_ll is valid for recvfrom to fill.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: buf and from are valid for the lengths passed.
-            let len = unsafe {
-                libc::recvfrom(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                    &mut from as *mut _ as *mut libc::sockaddr,
-                    &mut from_len,
-                )
-            };
-            // What this namespace sent itself is not what it received.
-            if len <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
-            let frame = &buf[..len as usize];
+    // What this namespace sent itself is not what it received.
+    watch_frames(
+        ns,
+        ifname,
+        ETH_P_ALL,
+        window,
+        true,
+        Vec::new(),
+        move |got, frame| {
             if let Some(at) = frame.windows(marker.len()).position(|w| w == marker) {
                 let end = (at + 64).min(frame.len());
                 let text: String = String::from_utf8_lossy(&frame[at..end])
@@ -185,11 +153,8 @@ pub fn collect_marked(
                     .collect();
                 got.push(text);
             }
-        }
-        Ok(got)
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-    h
+        },
+    )
 }
 
 /// Starts counting ARP requests for `target` arriving on `ifname` in `ns`
@@ -229,14 +194,32 @@ fn count_frames(
     window: Duration,
     wanted: impl Fn(&[u8]) -> bool + Send + 'static,
 ) -> std::thread::JoinHandle<Result<usize>> {
+    watch_frames(ns, ifname, ETH_P_ARP, window, false, 0, move |n, f| {
+        if wanted(f) {
+            *n += 1;
+        }
+    })
+}
+
+/// Feeds every frame of `proto` on `ifname` in `ns` to `seen` for `window`
+/// (without the ones this namespace sent, when `skip_outgoing`), on a
+/// thread; returns once the socket is listening.
+fn watch_frames<T: Send + 'static>(
+    ns: &Netns,
+    ifname: &str,
+    proto: u16,
+    window: Duration,
+    skip_outgoing: bool,
+    mut acc: T,
+    mut seen: impl FnMut(&mut T, &[u8]) + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
     let ifname = ifname.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let h = in_netns(ns, move || {
-        let (fd, _) = packet_socket(&ifname)?;
+        let (fd, _) = packet_socket_for(&ifname, proto)?;
         let _ = ready_tx.send(());
         let deadline = Instant::now() + window;
-        let mut n = 0;
-        let mut buf = [0u8; 2048];
+        let mut buf = [0u8; 4096];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let mut pfd = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -244,24 +227,29 @@ fn count_frames(
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
-            if rc <= 0 {
+            if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
                 continue;
             }
-            // SAFETY: buf is valid for its length.
+            // SAFETY: zeroed sockaddr_ll is valid for recvfrom to fill.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf and from are valid for the lengths passed.
             let len = unsafe {
-                libc::recv(
+                libc::recvfrom(
                     fd.as_raw_fd(),
                     buf.as_mut_ptr() as *mut libc::c_void,
                     buf.len(),
                     0,
+                    &mut from as *mut _ as *mut libc::sockaddr,
+                    &mut from_len,
                 )
             };
-            if len > 0 && wanted(&buf[..len as usize]) {
-                n += 1;
+            if len <= 0 || (skip_outgoing && from.sll_pkttype == libc::PACKET_OUTGOING) {
+                continue;
             }
+            seen(&mut acc, &buf[..len as usize]);
         }
-        Ok(n)
+        Ok(acc)
     });
     let _ = ready_rx.recv_timeout(Duration::from_secs(5));
     h
