@@ -207,12 +207,13 @@ fn watch_firewall(l: &Loaded) -> Result<()> {
                 continue;
             }
             std::thread::sleep(Duration::from_millis(50));
-            // Drain the rest of the burst, our own repair's echo included.
             while sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
+            // What arrives during the repair is not drained: it may be a
+            // second flush, not only our own echo. The echo costs one more
+            // pass that finds everything in place and writes nothing.
             if let Err(e) = firewall_upkeep(&l) {
                 tracing::warn!(error = %format!("{e:#}"), "firewall repair failed");
             }
-            while sock.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
         }
     });
     Ok(())
