@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use weft_cni::error::{self, Error, Result};
 
 use crate::config::IpamConfig;
-use crate::space::{addr_key, block_key, from_u128, Range};
+use crate::space::{addr_key, block_key, from_u128, to_u128, Range};
 use crate::store::{Compare, Kv, Read, Store, StoreError, StoreErrorKind, Write};
 
 /// A requested address nobody may have, or that is outside every range.
@@ -35,6 +35,8 @@ pub const RESERVATION_MISMATCH: u32 = 113;
 
 /// Gives up after this many lost races in one call; the runtime may retry.
 pub(crate) const MAX_ATTEMPTS: usize = 200;
+/// How many free addresses a lost race samples from a block to pick among.
+const SAMPLE: usize = 16;
 
 pub fn store_err(e: StoreError) -> Error {
     match e.kind {
@@ -179,11 +181,17 @@ impl Rng {
             .unwrap_or(1);
         Rng((t as u64) ^ ((std::process::id() as u64) << 32) | 1)
     }
-    fn below(&mut self, n: usize) -> usize {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn next_u128(&mut self) -> u128 {
+        ((self.next() as u128) << 64) | self.next() as u128
     }
 }
 
@@ -276,12 +284,42 @@ impl<'a, S: Store> Allocator<'a, S> {
             .collect()
     }
 
-    fn free_in(&self, set: usize, block: &IpNet, used: &HashSet<IpAddr>) -> Vec<IpAddr> {
+    /// The first free address of `block` at or after `from`, over every
+    /// range of the set.
+    fn next_free(
+        &self,
+        set: usize,
+        block: &IpNet,
+        from: IpAddr,
+        skip: &HashSet<IpAddr>,
+    ) -> Option<IpAddr> {
         self.cfg.range_sets[set]
             .iter()
-            .flat_map(|r| r.usable_in(block, &self.cfg.exclude).collect::<Vec<_>>())
-            .filter(|ip| !used.contains(ip))
-            .collect()
+            .filter_map(|r| r.next_free_in(block, from, &self.cfg.exclude, skip))
+            .min_by_key(|ip| to_u128(*ip))
+    }
+
+    /// Up to `SAMPLE` distinct free addresses of `block`, each the first
+    /// free one after a random point: racing allocators spread over the
+    /// block, and the cost does not grow with the block's size.
+    fn sample_free(&mut self, set: usize, block: &IpNet, skip: &HashSet<IpAddr>) -> Vec<IpAddr> {
+        let (lo, hi) = (to_u128(block.network()), to_u128(block.broadcast()));
+        let span = (hi - lo).checked_add(1);
+        let mut out: Vec<IpAddr> = Vec::new();
+        for _ in 0..SAMPLE {
+            let r = self.rng.next_u128();
+            let at = from_u128(lo + span.map_or(r, |n| r % n), block.network().is_ipv6());
+            let Some(ip) = self
+                .next_free(set, block, at, skip)
+                .or_else(|| self.next_free(set, block, block.network(), skip))
+            else {
+                break;
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        out
     }
 
     fn first_free_after(
@@ -300,22 +338,15 @@ impl<'a, S: Store> Allocator<'a, S> {
         };
         for i in order {
             let block = blocks[i];
-            let candidates = self.cfg.range_sets[set]
-                .iter()
-                .flat_map(|r| r.usable_in(&block, &self.cfg.exclude).collect::<Vec<_>>());
-            let mut list: Vec<IpAddr> = candidates.filter(|ip| !skip.contains(ip)).collect();
-            if let Some((si, h)) = start {
-                if si == i {
-                    let after = crate::space::to_u128(h);
-                    let pos = list
-                        .iter()
-                        .position(|ip| crate::space::to_u128(*ip) > after)
-                        .unwrap_or(list.len());
-                    list.rotate_left(pos);
-                }
-            }
-            if let Some(ip) = list.first() {
-                return Some((*ip, block));
+            let after_hint = start
+                .filter(|(si, _)| *si == i)
+                .and_then(|(_, h)| to_u128(h).checked_add(1))
+                .map(|v| from_u128(v, block.network().is_ipv6()))
+                .and_then(|from| self.next_free(set, &block, from, skip));
+            if let Some(ip) =
+                after_hint.or_else(|| self.next_free(set, &block, block.network(), skip))
+            {
+                return Some((ip, block));
             }
         }
         None
@@ -486,7 +517,7 @@ impl<'a, S: Store> Allocator<'a, S> {
                         taken[set].extend(in_block.iter().copied());
                         taken[set].insert(p.ip());
                         if let Some(b) = block {
-                            let free = self.free_in(set, &b, &taken[set]);
+                            let free = self.sample_free(set, &b, &taken[set]);
                             free_known[set] = free.into_iter().map(|ip| (ip, b)).collect();
                         }
                     }
@@ -642,7 +673,8 @@ impl<'a, S: Store> Allocator<'a, S> {
                     }
                     if !claimed.contains(&b)
                         && !free.contains(&b)
-                        && r.usable_in(&b, &self.cfg.exclude).next().is_some()
+                        && r.next_free_in(&b, b.network(), &self.cfg.exclude, &HashSet::new())
+                            .is_some()
                     {
                         free.push(b);
                     }
@@ -698,7 +730,7 @@ impl<'a, S: Store> Allocator<'a, S> {
                 .filter_map(|kv| addr_of_ip_key(&kv.key))
                 .collect();
             used.extend(taken.iter().copied());
-            let free = self.free_in(set, &block, &used);
+            let free = self.sample_free(set, &block, &used);
             if !free.is_empty() {
                 return Ok(free.into_iter().map(|ip| (ip, block)).collect());
             }

@@ -444,3 +444,89 @@ fn a_block_the_cache_lost_is_used_before_claiming_another() {
 fn add_with(c: &IpamConfig, s: &mut MemStore, cid: &str, h: &mut MemHints) -> Vec<Allocated> {
     Allocator::new(c, s).add(cid, "eth0", &[], h).unwrap()
 }
+
+#[test]
+fn ipv6_64_blocks_in_a_48_are_allocated_and_raced_over_without_walking_them() {
+    // With enumeration this would try to list 2^64 addresses per block.
+    let net = json!({"ranges": [[{"subnet": "fd00:1::/48"}]], "blockSizeV6": 64});
+    let (a, b) = (cfg("a", net.clone()), cfg("b", net.clone()));
+    let mut s = Racy {
+        inner: MemStore::default(),
+        rival: cfg("a", net),
+        n: 0,
+    };
+    let mut hints = MemHints::default();
+    let mut got = Vec::new();
+    for i in 0..30 {
+        got.push(add_with(&a, &mut s.inner, &format!("a{i}"), &mut hints)[0].ip);
+    }
+    // Every reservation loses a race to a rival on the same block: the
+    // retry samples the /64 for free addresses.
+    for i in 0..10 {
+        got.push(
+            Allocator::new(&a, &mut s)
+                .add(&format!("r{i}"), "eth0", &[], &mut MemHints::default())
+                .unwrap()[0]
+                .ip,
+        );
+    }
+    for i in 0..10 {
+        got.push(add(&b, &mut s.inner, &format!("b{i}")).unwrap()[0].ip);
+    }
+    let all = Allocator::new(&a, &mut s.inner).list().unwrap();
+    let unique: HashSet<IpAddr> = all.iter().map(|(ip, _)| *ip).collect();
+    assert_eq!(unique.len(), all.len(), "an address is held twice");
+    assert_eq!(all.len(), 50 + s.n);
+    let block_of = |ip: &IpAddr| IpNet::new(*ip, 64).unwrap().trunc();
+    let a_blocks: HashSet<IpNet> = got[..40].iter().map(block_of).collect();
+    let b_blocks: HashSet<IpNet> = got[40..].iter().map(block_of).collect();
+    assert_eq!(
+        a_blocks.len(),
+        1,
+        "node a stays in its one /64: {a_blocks:?}"
+    );
+    assert!(a_blocks.is_disjoint(&b_blocks));
+}
+
+#[test]
+fn a_nearly_full_ipv6_120_hands_out_its_last_addresses_then_runs_dry() {
+    // fd00:2::/120 is one block of 256; the subnet's own address and the
+    // default gateway ::1 are never handed out, so 254 are usable. A rival on the same node takes one
+    // address before each of our reservations.
+    let net = json!({"ranges": [[{"subnet": "fd00:2::/120"}]], "blockSizeV6": 120});
+    let ours = cfg("a", net.clone());
+    let mut s = Racy {
+        inner: MemStore::default(),
+        rival: cfg("a", net),
+        n: 0,
+    };
+    for i in 0..200 {
+        add_with(
+            &ours,
+            &mut s.inner,
+            &format!("pre{i}"),
+            &mut MemHints::default(),
+        );
+    }
+    let mut mine = 0;
+    loop {
+        match Allocator::new(&ours, &mut s).add(
+            &format!("c{mine}"),
+            "eth0",
+            &[],
+            &mut MemHints::default(),
+        ) {
+            Ok(_) => mine += 1,
+            Err(e) => {
+                assert_eq!(e.code, POOL_EXHAUSTED, "{}", e.msg);
+                break;
+            }
+        }
+    }
+    let all = Allocator::new(&ours, &mut s.inner).list().unwrap();
+    let unique: HashSet<IpAddr> = all.iter().map(|(ip, _)| *ip).collect();
+    assert_eq!(unique.len(), all.len(), "an address is held twice");
+    assert_eq!(all.len(), 254, "every usable address is held once");
+    assert_eq!(200 + mine + s.n, 254);
+    assert!(!unique.contains(&ip("fd00:2::")) && !unique.contains(&ip("fd00:2::1")));
+}

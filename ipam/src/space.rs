@@ -1,6 +1,7 @@
 //! Address arithmetic for one range: which addresses may be handed out, the
 //! blocks a range is cut into, and store keys that sort like addresses.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -96,17 +97,29 @@ impl Range {
             .map(|n| n.trunc())
     }
 
-    /// Addresses of `block` this range hands out automatically, in order.
-    pub fn usable_in(&self, block: &IpNet, exclude: &[IpNet]) -> impl Iterator<Item = IpAddr> + '_ {
-        let (lo, hi) = (
-            first(block).max(to_u128(self.start)),
-            last(block).min(to_u128(self.end)),
-        );
-        let v6 = self.is_v6();
-        let exclude = exclude.to_vec();
-        (lo..=hi)
-            .map(move |v| from_u128(v, v6))
-            .filter(move |ip| self.auto_allowed(*ip, &exclude))
+    /// The first address in `block`, at or after `from`, handed out
+    /// automatically and not in `skip`. One step per skipped or special
+    /// address, never one per address of the block: a /64 block costs what
+    /// a /26 does.
+    pub fn next_free_in(
+        &self,
+        block: &IpNet,
+        from: IpAddr,
+        exclude: &[IpNet],
+        skip: &HashSet<IpAddr>,
+    ) -> Option<IpAddr> {
+        let end = last(block);
+        let mut at = from_u128(to_u128(from).max(first(block)), self.is_v6());
+        loop {
+            let ip = self.next_usable(at, exclude)?;
+            if to_u128(ip) > end {
+                return None;
+            }
+            if !skip.contains(&ip) {
+                return Some(ip);
+            }
+            at = from_u128(to_u128(ip).checked_add(1)?, self.is_v6());
+        }
     }
 
     /// The first address at or after `from` handed out automatically; jumps
@@ -203,6 +216,56 @@ mod tests {
         }
     }
 
+    /// Every automatic address of `block`, walked with `next_free_in`.
+    fn usable_in(r: &Range, block: &IpNet, excl: &[IpNet]) -> Vec<IpAddr> {
+        let (mut out, none) = (Vec::new(), HashSet::new());
+        let mut at = block.network();
+        while let Some(ip) = r.next_free_in(block, at, excl, &none) {
+            out.push(ip);
+            at = from_u128(to_u128(ip) + 1, r.is_v6());
+        }
+        out
+    }
+
+    #[test]
+    fn the_next_free_address_of_a_huge_block_is_found_without_walking_it() {
+        let r = range(
+            "fd00:1::/48",
+            "fd00:1::1",
+            "fd00:1::ffff:ffff:ffff:ffff:ffff",
+            None,
+        );
+        let block: IpNet = "fd00:1:0:7::/64".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let skip: HashSet<IpAddr> = [ip("fd00:1:0:7::1"), ip("fd00:1:0:7::2")].into();
+        // The subnet's own address (fd00:1::) is in another block; this
+        // block's first address is usable.
+        assert_eq!(
+            r.next_free_in(&block, block.network(), &[], &skip),
+            Some(ip("fd00:1:0:7::"))
+        );
+        assert_eq!(
+            r.next_free_in(&block, ip("fd00:1:0:7::1"), &[], &skip),
+            Some(ip("fd00:1:0:7::3"))
+        );
+        // An excluded /65 is jumped over in one step, and the block's end
+        // is the end of the search.
+        let excl: Vec<IpNet> = vec!["fd00:1:0:7:8000::/65".parse().unwrap()];
+        assert_eq!(
+            r.next_free_in(
+                &block,
+                ip("fd00:1:0:7:7fff:ffff:ffff:ffff"),
+                &excl,
+                &HashSet::new()
+            ),
+            Some(ip("fd00:1:0:7:7fff:ffff:ffff:ffff"))
+        );
+        assert_eq!(
+            r.next_free_in(&block, ip("fd00:1:0:7:8000::"), &excl, &HashSet::new()),
+            None
+        );
+    }
+
     #[test]
     fn network_broadcast_and_gateway_are_never_automatic() {
         let r = range("10.0.0.0/24", "10.0.0.0", "10.0.0.255", Some("10.0.0.1"));
@@ -222,7 +285,10 @@ mod tests {
         let r = range("10.0.0.0/24", "10.0.0.10", "10.0.0.20", Some("10.0.0.1"));
         let excl: Vec<IpNet> = vec!["10.0.0.12/31".parse().unwrap()];
         let block: IpNet = "10.0.0.0/26".parse().unwrap();
-        let got: Vec<String> = r.usable_in(&block, &excl).map(|i| i.to_string()).collect();
+        let got: Vec<String> = usable_in(&r, &block, &excl)
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
         assert_eq!(got.first().map(String::as_str), Some("10.0.0.10"));
         assert!(!got.contains(&"10.0.0.12".to_string()) && !got.contains(&"10.0.0.13".to_string()));
         assert_eq!(got.len(), 9);
@@ -269,7 +335,7 @@ mod tests {
         let block: IpNet = "10.0.0.0/24".parse().unwrap();
         assert_eq!(
             r.usable_count(&excl),
-            r.usable_in(&block, &excl).count() as u128
+            usable_in(&r, &block, &excl).len() as u128
         );
         assert_eq!(r.usable_count(&[]), 253);
     }

@@ -391,3 +391,95 @@ fn static_addresses_through_weft() {
     assert_eq!(h.weft_links().unwrap().len(), 2);
     assert_eq!(reservations(&etcd, &fabric, "static").len(), 2);
 }
+
+/// Runs one plugin process to its end: its answer and its peak memory (KiB).
+fn answer_and_peak(mut child: std::process::Child) -> (Value, i64) {
+    use std::io::Read;
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    // SAFETY: plain wait4 on our own child, with zeroed out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    (serde_json::from_slice(&out).unwrap(), usage.ru_maxrss)
+}
+
+/// IPv6 at any block size, on a real etcd: /64 blocks of a /48 from two
+/// nodes at once, and a /120 run to its last address. Allocation never
+/// walks a block, so a /64 block costs the memory a /120 does.
+#[test]
+fn ipv6_64_blocks_and_a_full_120_on_real_etcd() {
+    require_root();
+    let _serial = serial();
+    let fabric = Fabric::new("ip6").unwrap();
+    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let dir = &etcd.dir.path;
+    let conf = |net: &str, subnet: &str, node: &str, block: u8| {
+        let mut c = ipam_conf(net, subnet, node, &etcd.endpoints(), dir);
+        c["ipam"]["blockSizeV6"] = json!(block);
+        c
+    };
+    let mut running = Vec::new();
+    for node in ["n0", "n1"] {
+        let c = conf("wide", "fd00:50::/48", node, 64);
+        for i in 0..20 {
+            running.push(ipam_cmd(&fabric.netns, "ADD", &format!("{node}-c{i}"), &c));
+        }
+    }
+    let (granted, codes) = outcomes(running);
+    assert!(codes.is_empty(), "refused: {codes:?}");
+    let unique: HashSet<&String> = granted.iter().collect();
+    assert_eq!(unique.len(), 40, "{granted:?}");
+    assert_eq!(reservations(&etcd, &fabric, "wide").len(), 40);
+    // Twenty first ADDs at once on a node may each claim a block; what
+    // matters is that the nodes' blocks never overlap.
+    let block_of = |ip: &String| {
+        let s = ip.parse::<std::net::Ipv6Addr>().unwrap().segments();
+        format!("{:x}:{:x}:{:x}:{:x}", s[0], s[1], s[2], s[3])
+    };
+    let n0: HashSet<String> = granted[..20].iter().map(block_of).collect();
+    let n1: HashSet<String> = granted[20..].iter().map(block_of).collect();
+    assert!(n0.is_disjoint(&n1), "{n0:?} {n1:?}");
+
+    // A /120 (254 usable: the subnet's own address and the gateway ::1
+    // are never handed out), filled by two nodes, then one more.
+    let mut running = Vec::new();
+    for i in 0..254 {
+        let c = conf("tight", "fd00:51::/120", ["n0", "n1"][i % 2], 120);
+        running.push(ipam_cmd(&fabric.netns, "ADD", &format!("t{i}"), &c));
+        if running.len() == 50 {
+            let (ok, codes) = outcomes(std::mem::take(&mut running));
+            assert!(codes.is_empty(), "refused: {codes:?} after {ok:?}");
+        }
+    }
+    let (_, codes) = outcomes(running);
+    assert!(codes.is_empty(), "refused: {codes:?}");
+    assert_eq!(reservations(&etcd, &fabric, "tight").len(), 254);
+    let (full, _) = answer_and_peak(ipam_cmd(
+        &fabric.netns,
+        "ADD",
+        "one-too-many",
+        &conf("tight", "fd00:51::/120", "n0", 120),
+    ));
+    assert_eq!(full["code"], 111, "{full}");
+
+    let (a, peak_64) = answer_and_peak(ipam_cmd(
+        &fabric.netns,
+        "ADD",
+        "m64",
+        &conf("wide", "fd00:50::/48", "n2", 64),
+    ));
+    let (b, peak_120) = answer_and_peak(ipam_cmd(
+        &fabric.netns,
+        "ADD",
+        "m120",
+        &conf("small", "fd00:52::/112", "n2", 120),
+    ));
+    assert!(a["ips"].is_array() && b["ips"].is_array(), "{a} {b}");
+    eprintln!("peak memory of one ADD: /64 blocks {peak_64} KiB, /120 blocks {peak_120} KiB");
+    assert!(
+        peak_64 < peak_120 + 1024,
+        "a /64 block cost {peak_64} KiB against {peak_120} KiB for a /120"
+    );
+}
