@@ -22,7 +22,7 @@ use weft_cni::error::{self, Error, Result};
 
 use crate::config::IpamConfig;
 use crate::space::{addr_key, block_key, from_u128, to_u128, Range};
-use crate::store::{Compare, Kv, Read, Store, StoreError, StoreErrorKind, Write};
+use crate::store::{Compare, Epoch, Kv, Read, Store, StoreError, StoreErrorKind, Write};
 
 /// A requested address nobody may have, or that is outside every range.
 pub const ADDRESS_UNAVAILABLE: u32 = 110;
@@ -85,12 +85,16 @@ pub trait Hints {
     fn set(&mut self, set: usize, ip: IpAddr);
     fn blocks(&self) -> Option<Vec<IpNet>>;
     fn set_blocks(&mut self, blocks: Vec<IpNet>);
+    /// The etcd epoch the cached blocks were last confirmed under.
+    fn epoch(&self) -> Option<Epoch>;
+    fn set_epoch(&mut self, epoch: Epoch);
 }
 
 #[derive(Debug, Default)]
 pub struct MemHints {
     pub last: std::collections::HashMap<usize, IpAddr>,
     pub blocks: Option<Vec<IpNet>>,
+    pub epoch: Option<Epoch>,
 }
 
 impl Hints for MemHints {
@@ -105,6 +109,12 @@ impl Hints for MemHints {
     }
     fn set_blocks(&mut self, blocks: Vec<IpNet>) {
         self.blocks = Some(blocks);
+    }
+    fn epoch(&self) -> Option<Epoch> {
+        self.epoch
+    }
+    fn set_epoch(&mut self, epoch: Epoch) {
+        self.epoch = Some(epoch);
     }
 }
 
@@ -210,20 +220,37 @@ enum Pick {
     Own(IpAddr, IpNet),
     /// Inside another node's block.
     Borrowed(IpAddr, IpNet),
+    /// Inside a free block, claimed by the same transaction.
+    Claim(IpAddr, IpNet),
 }
 
 impl Pick {
     fn ip(&self) -> IpAddr {
         match self {
-            Pick::Static(ip) | Pick::Own(ip, _) | Pick::Borrowed(ip, _) => *ip,
+            Pick::Static(ip) | Pick::Own(ip, _) | Pick::Borrowed(ip, _) | Pick::Claim(ip, _) => *ip,
         }
     }
     fn block(&self) -> Option<&IpNet> {
         match self {
-            Pick::Own(_, b) | Pick::Borrowed(_, b) => Some(b),
+            Pick::Own(_, b) | Pick::Borrowed(_, b) | Pick::Claim(_, b) => Some(b),
             Pick::Static(_) => None,
         }
     }
+    /// A block this pick's transaction proves ours when it commits.
+    fn ours(&self) -> Option<&IpNet> {
+        match self {
+            Pick::Own(_, b) | Pick::Claim(_, b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Where a range set's next block comes from.
+enum Chosen {
+    /// etcd's index has it as ours; the cache had lost it.
+    Ours(IpNet),
+    /// Nobody holds it; the reservation claims it.
+    Free(IpNet),
 }
 
 impl<'a, S: Store> Allocator<'a, S> {
@@ -366,6 +393,12 @@ impl<'a, S: Store> Allocator<'a, S> {
         // With the node's blocks cached, the reservation is the first and
         // usually the only round trip: its compares check that the owner is
         // new and the block still ours, and a failure reads back what changed.
+        // A cache from another epoch (etcd replaced or restored, or a file
+        // from before epochs were saved) is suspect as a whole: what a
+        // commit does not prove ours is dropped, what a failure reads
+        // replaces it.
+        let cached_epoch = hints.epoch();
+        let mut from_cache = hints.blocks().is_some();
         let known: Vec<IpNet> = match hints.blocks() {
             Some(blocks) => blocks,
             None => {
@@ -437,11 +470,16 @@ impl<'a, S: Store> Allocator<'a, S> {
                 {
                     Pick::Own(ip, block)
                 } else {
-                    match self.claim_block(set, &own[set])? {
-                        Some(block) => {
+                    match self.choose_block(set, &own[set])? {
+                        Some(Chosen::Ours(block)) => {
                             own[set].push(block);
                             let first = self.first_free_after(set, &[block], None, &taken[set]);
                             picks.push(first.map(|(ip, b)| Pick::Own(ip, b)));
+                            continue;
+                        }
+                        Some(Chosen::Free(block)) => {
+                            let first = self.first_free_after(set, &[block], None, &taken[set]);
+                            picks.push(first.map(|(ip, b)| Pick::Claim(ip, b)));
                             continue;
                         }
                         None => {
@@ -461,11 +499,29 @@ impl<'a, S: Store> Allocator<'a, S> {
                 continue;
             };
 
-            match self.try_reserve(cid, ifname, &owner_key, &picks)? {
+            let attempt = self.try_reserve(cid, ifname, &owner_key, &picks)?;
+            let now = self.store.epoch();
+            let stale =
+                from_cache && now.is_some_and(|n| cached_epoch.is_none_or(|c| !n.follows(&c)));
+            if let Some(n) = now {
+                hints.set_epoch(n);
+            }
+            match attempt {
                 Attempt::Done => {
                     for (set, p) in picks.iter().enumerate() {
                         if !matches!(p, Pick::Static(_)) {
                             hints.set(set, p.ip());
+                        }
+                        if let Pick::Claim(_, b) = p {
+                            tracing::info!(block = %b, node = %node, "claimed block");
+                            own[set].push(*b);
+                        }
+                    }
+                    if stale {
+                        let proven: Vec<IpNet> =
+                            picks.iter().filter_map(Pick::ours).copied().collect();
+                        for o in own.iter_mut() {
+                            o.retain(|b| proven.contains(b));
                         }
                     }
                     hints.set_blocks(own.iter().flatten().copied().collect());
@@ -477,7 +533,8 @@ impl<'a, S: Store> Allocator<'a, S> {
                     lost_blocks,
                     index,
                 } => {
-                    if !lost_blocks.is_empty() {
+                    if stale || !lost_blocks.is_empty() {
+                        from_cache = false;
                         // One stale block means the cache is not to be
                         // trusted: etcd's index replaces all of it, and the
                         // cache is saved clean whatever happens next.
@@ -503,6 +560,18 @@ impl<'a, S: Store> Allocator<'a, S> {
                             continue;
                         }
                         let block = p.block().copied();
+                        if let Pick::Claim(ip, b) = p {
+                            // Ours now if a sibling process on this node
+                            // claimed it first (the index says so);
+                            // otherwise another node won it: choose again.
+                            if index.contains(b) && !own[set].contains(b) {
+                                own[set].push(*b);
+                            }
+                            if !own[set].contains(b) {
+                                taken[set].insert(*ip);
+                                continue;
+                            }
+                        }
                         if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
                             // Not ours after all (a stale cache): forget it, and
                             // do not fall back to borrowing from it.
@@ -567,12 +636,21 @@ impl<'a, S: Store> Allocator<'a, S> {
             compares.push(Compare::Absent(key.clone()));
             writes.push(Write::Put(key.clone(), holder.clone()));
             on_failure.push(Read::Key(key));
-            if let Pick::Own(_, b) = p {
-                compares.push(Compare::ValueIs(
-                    self.keys.block(b),
-                    node.as_bytes().to_vec(),
-                ));
-                on_failure.push(Read::Key(self.keys.block(b)));
+            match p {
+                Pick::Own(_, b) => {
+                    compares.push(Compare::ValueIs(
+                        self.keys.block(b),
+                        node.as_bytes().to_vec(),
+                    ));
+                    on_failure.push(Read::Key(self.keys.block(b)));
+                }
+                Pick::Claim(_, b) => {
+                    compares.push(Compare::Absent(self.keys.block(b)));
+                    writes.push(Write::Put(self.keys.block(b), node.as_bytes().to_vec()));
+                    writes.push(Write::Put(self.keys.node_block(node, b), Vec::new()));
+                    on_failure.push(Read::Key(self.keys.block(b)));
+                }
+                Pick::Static(_) | Pick::Borrowed(..) => {}
             }
             if let Some(b) = p.block() {
                 on_failure.push(self.keys.ips_in(b));
@@ -620,7 +698,10 @@ impl<'a, S: Store> Allocator<'a, S> {
                     .then(|| parse_block_key(&kv.key))
                     .flatten()
                 {
-                    if kv.value != node.as_bytes() {
+                    let cached = picks
+                        .iter()
+                        .any(|p| matches!(p, Pick::Own(_, ob) if *ob == b));
+                    if cached && kv.value != node.as_bytes() {
                         lost_blocks.push(b);
                     }
                 } else if let (Some(ip), Ok(h)) = (
@@ -638,73 +719,54 @@ impl<'a, S: Store> Allocator<'a, S> {
         })
     }
 
-    /// Claims a free block of `set` for this node; None when none is left.
-    fn claim_block(&mut self, set: usize, own: &[IpNet]) -> Result<Option<IpNet>> {
+    /// The block to take the next address of `set` from: one of ours the
+    /// cache lacks, else a free one for the reservation to claim; None when
+    /// none is left. One read.
+    fn choose_block(&mut self, set: usize, own: &[IpNet]) -> Result<Option<Chosen>> {
         let node = self.cfg.node.clone();
         let prefix = self.prefix_for(set);
-        for _ in 0..MAX_ATTEMPTS {
-            let r = self
-                .store
-                .read(&[
-                    Read::prefix(&self.keys.blocks()),
-                    Read::prefix(&self.keys.node_blocks(&node)),
-                ])
-                .map_err(store_err)?;
-            // Ours in etcd but not in the cache (another weft-ipam on this
-            // node saved its cache over ours): use it before claiming more.
-            let forgotten = self
-                .blocks_of_set(set, &r[1].kvs)
-                .into_iter()
-                .find(|b| !own.contains(b));
-            if forgotten.is_some() {
-                return Ok(forgotten);
-            }
-            let claimed: HashSet<IpNet> = r[0]
-                .kvs
-                .iter()
-                .filter_map(|kv| parse_block_key(&kv.key))
-                .collect();
-            // Several of the first free blocks, so racing nodes tend to differ.
-            let mut free: Vec<IpNet> = Vec::new();
-            for r in &self.cfg.range_sets[set] {
-                for b in r.blocks(prefix) {
-                    if free.len() >= 8 {
-                        break;
-                    }
-                    if !claimed.contains(&b)
-                        && !free.contains(&b)
-                        && r.next_free_in(&b, b.network(), &self.cfg.exclude, &HashSet::new())
-                            .is_some()
-                    {
-                        free.push(b);
-                    }
+        let r = self
+            .store
+            .read(&[
+                Read::prefix(&self.keys.blocks()),
+                Read::prefix(&self.keys.node_blocks(&node)),
+            ])
+            .map_err(store_err)?;
+        // Ours in etcd but not in the cache (another weft-ipam on this
+        // node claimed it, or the cache was dropped): use it first.
+        let forgotten = self
+            .blocks_of_set(set, &r[1].kvs)
+            .into_iter()
+            .find(|b| !own.contains(b));
+        if let Some(b) = forgotten {
+            return Ok(Some(Chosen::Ours(b)));
+        }
+        let claimed: HashSet<IpNet> = r[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        // Several of the first free blocks, so racing nodes tend to differ.
+        let none = HashSet::new();
+        let mut free: Vec<IpNet> = Vec::new();
+        for r in &self.cfg.range_sets[set] {
+            for b in r.blocks(prefix) {
+                if free.len() >= 8 {
+                    break;
+                }
+                if !claimed.contains(&b)
+                    && !free.contains(&b)
+                    && r.next_free_in(&b, b.network(), &self.cfg.exclude, &none)
+                        .is_some()
+                {
+                    free.push(b);
                 }
             }
-            if free.is_empty() {
-                return Ok(None);
-            }
-            let block = free[self.rng.below(free.len())];
-            let key = self.keys.block(&block);
-            let r = self
-                .store
-                .txn(
-                    &[Compare::Absent(key.clone())],
-                    &[
-                        Write::Put(key, node.as_bytes().to_vec()),
-                        Write::Put(self.keys.node_block(&node, &block), Vec::new()),
-                    ],
-                    &[],
-                )
-                .map_err(store_err)?;
-            if r.succeeded {
-                tracing::info!(block = %block, node = %node, "claimed block");
-                return Ok(Some(block));
-            }
         }
-        Err(Error::new(
-            error::TRY_AGAIN_LATER,
-            "too much contention claiming a block",
-        ))
+        if free.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Chosen::Free(free[self.rng.below(free.len())])))
     }
 
     /// Free addresses in other nodes' blocks of `set`.

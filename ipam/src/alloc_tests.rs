@@ -84,7 +84,7 @@ fn common_case_is_one_round_trip_with_hints_and_two_without() {
     let before = s.round_trips();
     let mut no_cache = MemHints {
         last: hints.last.clone(),
-        blocks: None,
+        ..Default::default()
     };
     Allocator::new(&c, &mut s)
         .add("fresh", "eth0", &[], &mut no_cache)
@@ -102,6 +102,92 @@ fn common_case_is_one_round_trip_with_hints_and_two_without() {
         .add("c3", "eth0", &[], &mut MemHints::default())
         .unwrap();
     assert_eq!(again, fresh);
+}
+
+#[test]
+fn the_first_add_of_a_new_node_claims_its_block_in_the_reservation() {
+    let c = cfg("a", v4("10.1.0.0/24"));
+    let mut s = MemStore::default();
+    let mut hints = MemHints::default();
+    add_with(&c, &mut s, "c0", &mut hints);
+    assert_eq!(
+        s.round_trips(),
+        3,
+        "owner and index, free blocks, claim with reservation"
+    );
+    assert_eq!(hints.blocks().unwrap().len(), 1);
+    assert!(hints.epoch().is_some());
+    // A rival claims the chosen block between our read and our commit:
+    // we choose again and still end in one block of our own.
+    let mut r = Racy {
+        inner: MemStore::default(),
+        rival: cfg("b", v4("10.1.0.0/26")),
+        n: 0,
+    };
+    let ours = cfg("a", v4("10.1.0.0/25"));
+    let got = Allocator::new(&ours, &mut r)
+        .add("c1", "eth0", &[], &mut MemHints::default())
+        .unwrap();
+    let blocks: Vec<&String> = r
+        .inner
+        .data
+        .keys()
+        .filter(|k| k.contains("/blocks/"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert!("10.1.0.64/26"
+        .parse::<IpNet>()
+        .unwrap()
+        .contains(&got[0].ip));
+}
+
+#[test]
+fn a_cache_from_another_epoch_keeps_only_what_a_commit_proves() {
+    let c = cfg("a", v4("10.70.0.0/16"));
+    let held: IpNet = "10.70.0.0/26".parse().unwrap();
+    let gone: IpNet = "10.70.9.0/26".parse().unwrap();
+    for (cluster, revision, why) in [
+        (99, 1, "another cluster"),
+        (0, 1_000_000, "a restored snapshot"),
+    ] {
+        let mut s = MemStore::default();
+        s.txn(
+            &[],
+            &[
+                Write::Put(
+                    "/weft/v1/ipam/net/blocks/4-0a460000-26".into(),
+                    b"a".to_vec(),
+                ),
+                Write::Put("/weft/v1/ipam/net/nodes/a/4-0a460000-26".into(), Vec::new()),
+            ],
+            &[],
+        )
+        .unwrap();
+        let mut hints = MemHints {
+            blocks: Some(vec![held, gone]),
+            epoch: Some(Epoch { cluster, revision }),
+            ..Default::default()
+        };
+        let before = s.round_trips();
+        let got = add_with(&c, &mut s, "c0", &mut hints);
+        assert!(held.contains(&got[0].ip), "{why}");
+        assert_eq!(s.round_trips() - before, 1, "{why}");
+        assert_eq!(
+            hints.blocks().unwrap(),
+            vec![held],
+            "{why}: unproven blocks dropped"
+        );
+        assert_eq!(hints.epoch().unwrap().cluster, 0, "{why}");
+    }
+    // The same epoch: the cache is kept whole.
+    let mut s = MemStore::default();
+    let mut hints = MemHints::default();
+    add_with(&c, &mut s, "c0", &mut hints);
+    let mut more = hints.blocks().unwrap();
+    more.push(gone);
+    hints.set_blocks(more.clone());
+    add_with(&c, &mut s, "c1", &mut hints);
+    assert_eq!(hints.blocks().unwrap(), more);
 }
 
 #[test]
@@ -411,8 +497,9 @@ fn stale_duplicated_hints_never_fail_an_add_and_are_cleaned_at_once() {
         );
     }
     // The first ADD: the refused reservation (which also reads the node's
-    // index), the claim's read and write, the reservation. Then one each.
-    assert!(trips[0] <= 4, "{trips:?}");
+    // index), the read that chooses a free block, the reservation that
+    // claims it. Then one each.
+    assert!(trips[0] <= 3, "{trips:?}");
     assert!(trips[1..].iter().all(|t| *t == 1), "{trips:?}");
     eprintln!("round trips per ADD with stale hints: {trips:?}");
 }

@@ -13,7 +13,7 @@ use weft_cni::{Error, Result};
 
 use crate::config::Etcd;
 use crate::store::{
-    Compare, Kv, Read, ReadResult, Store, StoreError, StoreErrorKind, TxnResult, Write,
+    Compare, Epoch, Kv, Read, ReadResult, Store, StoreError, StoreErrorKind, TxnResult, Write,
 };
 
 pub struct EtcdStore {
@@ -26,6 +26,7 @@ pub struct EtcdStore {
     slice: Duration,
     hint: String,
     trips: u64,
+    epoch: Option<Epoch>,
     timeout: Duration,
 }
 
@@ -190,6 +191,7 @@ impl EtcdStore {
             slice,
             hint: hint(cfg),
             trips: 0,
+            epoch: None,
             timeout,
         })
     }
@@ -226,7 +228,13 @@ impl EtcdStore {
                 .rt
                 .block_on(async { tokio::time::timeout_at(until, kv.txn(attempt)).await });
             let err = match outcome {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    self.epoch = resp.header().map(|h| Epoch {
+                        cluster: h.cluster_id(),
+                        revision: h.revision(),
+                    });
+                    return Ok(resp);
+                }
                 Ok(Err(e)) => classify(&e),
                 Err(_) => timed_out("transaction"),
             };
@@ -328,5 +336,9 @@ impl Store for EtcdStore {
 
     fn round_trips(&self) -> u64 {
         self.trips
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        self.epoch
     }
 }

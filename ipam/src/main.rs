@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use weft_cni::result::{CniResult, IpConfig};
 use weft_cni::skel::{Context, Plugin};
 use weft_cni::{Error, Result};
 use weft_ipam::alloc::{Allocator, Hints};
 use weft_ipam::config::IpamConfig;
 use weft_ipam::etcd::EtcdStore;
-use weft_ipam::store::Store;
+use weft_ipam::store::{Epoch, Store};
 
 struct WeftIpam;
 
@@ -64,34 +65,82 @@ fn setup(ctx: &Context) -> Result<(IpamConfig, EtcdStore)> {
 
 /// The node's last handed-out address per range set and its blocks, in a
 /// small file: only where to start, since every reservation is checked by
-/// etcd, so losing it or racing on it is harmless.
+/// etcd. Several weft-ipam processes of one node share it: each saves what
+/// it learnt (blocks gained, blocks proven lost) onto what is there now,
+/// under a lock, so one never drops a block another just claimed.
 struct FileHints {
     path: PathBuf,
     map: Saved,
+    loaded: Vec<IpNet>,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Saved {
     last: HashMap<usize, IpAddr>,
-    blocks: Option<Vec<ipnet::IpNet>>,
+    blocks: Option<Vec<IpNet>>,
+    /// The etcd the blocks were confirmed in; absent in files written
+    /// before epochs were kept, which are then trusted no further than
+    /// each commit proves.
+    #[serde(default)]
+    epoch: Option<Epoch>,
+}
+
+impl Saved {
+    fn read(path: &std::path::Path) -> Saved {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 }
 
 impl FileHints {
     fn load(cfg: &IpamConfig) -> Self {
-        let path = cfg
-            .data_dir
-            .join(&cfg.network)
-            .join(format!("hints-{}.json", cfg.node));
-        let map = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        FileHints { path, map }
+        FileHints::at(
+            cfg.data_dir
+                .join(&cfg.network)
+                .join(format!("hints-{}.json", cfg.node)),
+        )
+    }
+
+    fn at(path: PathBuf) -> Self {
+        let map = Saved::read(&path);
+        let loaded = map.blocks.clone().unwrap_or_default();
+        FileHints { path, map, loaded }
     }
 
     fn save(&self) {
+        let Some(mine) = &self.map.blocks else {
+            return;
+        };
+        let lock_path = self.path.with_extension("lock");
+        let _lock = match weft_cni::files::lock(&lock_path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot lock the allocation hints");
+                return;
+            }
+        };
+        let now = Saved::read(&self.path);
+        let dropped: Vec<&IpNet> = self.loaded.iter().filter(|b| !mine.contains(b)).collect();
+        let mut blocks: Vec<IpNet> = now.blocks.clone().unwrap_or_default();
+        blocks.extend(mine.iter().filter(|b| !self.loaded.contains(b)));
+        blocks.retain(|b| !dropped.contains(&b));
+        let mut seen = std::collections::HashSet::new();
+        blocks.retain(|b| seen.insert(*b));
+        // The later of the two epochs: a sibling may have heard from etcd
+        // after us.
+        let epoch = match (now.epoch, self.map.epoch) {
+            (Some(theirs), Some(ours)) if theirs.follows(&ours) => Some(theirs),
+            (theirs, ours) => ours.or(theirs),
+        };
+        let merged = Saved {
+            last: self.map.last.clone(),
+            blocks: Some(blocks),
+            epoch,
+        };
         // Which addresses a host hands out is nobody else's business.
-        let bytes = serde_json::to_vec(&self.map).unwrap_or_default();
+        let bytes = serde_json::to_vec(&merged).unwrap_or_default();
         if let Err(e) = weft_cni::files::write_private(&self.path, &bytes) {
             tracing::debug!(error = %e, "cannot save allocation hint");
         }
@@ -105,11 +154,17 @@ impl Hints for FileHints {
     fn set(&mut self, set: usize, ip: IpAddr) {
         self.map.last.insert(set, ip);
     }
-    fn blocks(&self) -> Option<Vec<ipnet::IpNet>> {
+    fn blocks(&self) -> Option<Vec<IpNet>> {
         self.map.blocks.clone()
     }
-    fn set_blocks(&mut self, blocks: Vec<ipnet::IpNet>) {
+    fn set_blocks(&mut self, blocks: Vec<IpNet>) {
         self.map.blocks = Some(blocks);
+    }
+    fn epoch(&self) -> Option<Epoch> {
+        self.map.epoch
+    }
+    fn set_epoch(&mut self, epoch: Epoch) {
+        self.map.epoch = Some(epoch);
     }
 }
 
@@ -202,4 +257,43 @@ fn main() -> std::process::ExitCode {
         &WeftIpam,
         &weft_cni::about!("CNI IPAM plugin: one address plan for every host, kept in etcd"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_processes_never_drop_each_others_blocks() {
+        let dir = std::env::temp_dir().join(format!("weft-hints-{}", std::process::id()));
+        let path = dir.join("net/hints-a.json");
+        let b = |s: &str| s.parse::<IpNet>().unwrap();
+        let mut first = FileHints::at(path.clone());
+        first.set_blocks(vec![b("10.0.0.0/26")]);
+        first.save();
+        // Two processes load the same file; one claims a block, the other
+        // learns that the first block is gone and claims another.
+        let mut one = FileHints::at(path.clone());
+        let mut two = FileHints::at(path.clone());
+        one.set_blocks(vec![b("10.0.0.0/26"), b("10.0.0.64/26")]);
+        two.set_blocks(vec![b("10.0.0.128/26")]);
+        one.set_epoch(Epoch {
+            cluster: 7,
+            revision: 20,
+        });
+        two.set_epoch(Epoch {
+            cluster: 7,
+            revision: 10,
+        });
+        one.save();
+        two.save();
+        let saved = Saved::read(&path);
+        assert_eq!(
+            saved.blocks.unwrap(),
+            vec![b("10.0.0.64/26"), b("10.0.0.128/26")],
+            "the gone block dropped, both new ones kept"
+        );
+        assert_eq!(saved.epoch.unwrap().revision, 20, "the later epoch wins");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

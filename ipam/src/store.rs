@@ -74,6 +74,22 @@ pub struct TxnResult {
     pub reads: Vec<ReadResult>,
 }
 
+/// Which etcd, and how far along, a reply came from. A cache written under
+/// one epoch is suspect under another: a different cluster, or a revision
+/// lower than one seen before (a restored snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Epoch {
+    pub cluster: u64,
+    pub revision: i64,
+}
+
+impl Epoch {
+    /// Could `self` have been seen after `earlier`, on the same data?
+    pub fn follows(&self, earlier: &Epoch) -> bool {
+        self.cluster == earlier.cluster && self.revision >= earlier.revision
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorKind {
     /// No answer in time: the caller may retry later (CNI code 11).
@@ -107,6 +123,10 @@ pub trait Store {
     ) -> Result<TxnResult, StoreError>;
     /// Round trips made so far.
     fn round_trips(&self) -> u64;
+    /// The epoch of the last reply, when the store tells.
+    fn epoch(&self) -> Option<Epoch> {
+        None
+    }
 }
 
 /// etcd's semantics in a BTreeMap.
@@ -117,6 +137,9 @@ pub struct MemStore {
     trips: u64,
     /// Fails every call while set, as an unreachable etcd would.
     pub down: bool,
+    /// Stands for etcd's cluster ID: a test sets another to play a
+    /// replaced cluster.
+    pub cluster: u64,
 }
 
 impl MemStore {
@@ -210,5 +233,12 @@ impl Store for MemStore {
 
     fn round_trips(&self) -> u64 {
         self.trips
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        Some(Epoch {
+            cluster: self.cluster,
+            revision: self.revision,
+        })
     }
 }

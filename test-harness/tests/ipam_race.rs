@@ -129,3 +129,71 @@ fn stale_duplicated_and_corrupt_hints_never_fail_an_add() {
     assert_eq!(unique.len(), 13, "{granted:?}");
     assert_eq!(reservations(&etcd, &fabric, "blue").len(), 13);
 }
+
+/// Many weft-ipam processes of one node at once, on blocks of 8: they
+/// claim several blocks between them, and the node's cache ends up naming
+/// every block etcd's index gives the node, none lost to a sibling's save.
+#[test]
+fn sibling_processes_on_one_node_never_lose_a_block_from_the_cache() {
+    require_root();
+    let fabric = Fabric::new("sib").unwrap();
+    let etcd = Etcd::start(&fabric.netns, 1, None).unwrap();
+    let dir = &etcd.dir.path;
+    let mut conf = ipam_conf("sib", "10.90.0.0/22", "n0", &etcd.endpoints(), dir);
+    conf["ipam"]["blockSize"] = json!(29);
+    conf["ipam"]["etcd"]["timeoutMs"] = json!(10000);
+    let mut granted = Vec::new();
+    for round in 0..3 {
+        let running: Vec<_> = (0..30)
+            .map(|c| ipam_cmd(&fabric.netns, "ADD", &format!("r{round}-c{c}"), &conf))
+            .collect();
+        let (ok, codes) = outcomes(running);
+        assert!(codes.is_empty(), "refused: {codes:?}");
+        granted.extend(ok);
+    }
+    let unique: HashSet<&String> = granted.iter().collect();
+    assert_eq!(unique.len(), 90);
+    let out = etcd
+        .ctl(
+            &fabric.netns,
+            &[
+                "get",
+                "--prefix",
+                "/weft/v1/ipam/sib/nodes/n0/",
+                "--keys-only",
+            ],
+        )
+        .unwrap();
+    let index: HashSet<String> = out
+        .lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|k| {
+            // "…/4-0a5a0008-29": hex address and prefix.
+            let mut parts = k.rsplit('/').next()?.split('-').skip(1);
+            let addr = u32::from_str_radix(parts.next()?, 16).ok()?;
+            Some(format!(
+                "{}/{}",
+                std::net::Ipv4Addr::from(addr),
+                parts.next()?
+            ))
+        })
+        .collect();
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("sib/hints-n0.json")).unwrap()).unwrap();
+    let cached: HashSet<String> = cached["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    eprintln!(
+        "node n0 holds {} blocks; its cache names {}",
+        index.len(),
+        cached.len()
+    );
+    assert!(
+        index.len() >= 12,
+        "90 addresses need at least 12 blocks of 8"
+    );
+    assert_eq!(cached, index, "the cache lost or invented a block");
+}

@@ -163,46 +163,19 @@ pub fn watch_ruleset() -> std::io::Result<netlink_sys::Socket> {
 }
 
 /// A host-wide lock held while a table is rebuilt from what OVS has, so two
-/// writers cannot each install a view that misses the other's gateway. The
-/// kernel drops it when the process dies, so a crash cannot wedge it.
+/// writers cannot each install a view that misses the other's gateway.
 pub struct Lock {
-    _file: std::fs::File,
+    _held: weft_cni::files::Lock,
 }
 
 impl Lock {
     pub fn take(path: &std::path::Path) -> Result<Lock> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir);
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
+        weft_cni::files::lock(path)
+            .map(|held| Lock { _held: held })
             .map_err(|e| {
-                Error::new(error::IO_FAILURE, format!("cannot open {}", path.display()))
+                Error::new(error::IO_FAILURE, format!("cannot lock {}", path.display()))
                     .with_details(e)
-            })?;
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::new(
-                    error::IO_FAILURE,
-                    format!("cannot lock {}", path.display()),
-                )
-                .with_details(e));
-            }
-        }
+            })
     }
 }
 
