@@ -280,6 +280,7 @@ fn results(resp: &etcd_client::TxnResponse) -> Vec<ReadResult> {
                         key: String::from_utf8_lossy(kv.key()).to_string(),
                         value: kv.value().to_vec(),
                         mod_revision: kv.mod_revision(),
+                        lease: kv.lease(),
                     })
                     .collect(),
             }),
@@ -318,6 +319,12 @@ impl Store for EtcdStore {
             .iter()
             .map(|w| match w {
                 Write::Put(k, v) => TxnOp::put(k.as_bytes(), v.clone(), None),
+                Write::PutLeased(k, v, 0) => TxnOp::put(k.as_bytes(), v.clone(), None),
+                Write::PutLeased(k, v, lease) => TxnOp::put(
+                    k.as_bytes(),
+                    v.clone(),
+                    Some(etcd_client::PutOptions::new().with_lease(*lease)),
+                ),
                 Write::Delete(k) => TxnOp::delete(k.as_bytes(), None),
             })
             .collect();

@@ -46,6 +46,8 @@ pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// The lease the key lives under; 0 for none.
+    pub lease: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub enum Compare {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     Put(String, Vec<u8>),
+    /// A put that keeps the key under a lease (0: none).
+    PutLeased(String, Vec<u8>, i64),
     Delete(String),
 }
 
@@ -137,6 +141,8 @@ pub struct MemStore {
     trips: u64,
     /// Fails every call while set, as an unreachable etcd would.
     pub down: bool,
+    /// The lease of each key that has one.
+    pub leases: BTreeMap<String, i64>,
     /// Stands for etcd's cluster ID: a test sets another to play a
     /// replaced cluster.
     pub cluster: u64,
@@ -148,6 +154,7 @@ impl MemStore {
             key: k.clone(),
             value: v.clone(),
             mod_revision: *rev,
+            lease: self.leases.get(k).copied().unwrap_or(0),
         };
         match r {
             Read::Key(k) => {
@@ -219,9 +226,19 @@ impl Store for MemStore {
             match w {
                 Write::Put(k, v) => {
                     self.data.insert(k.clone(), (v.clone(), self.revision));
+                    self.leases.remove(k);
+                }
+                Write::PutLeased(k, v, lease) => {
+                    self.data.insert(k.clone(), (v.clone(), self.revision));
+                    if *lease == 0 {
+                        self.leases.remove(k);
+                    } else {
+                        self.leases.insert(k.clone(), *lease);
+                    }
                 }
                 Write::Delete(k) => {
                     self.data.remove(k);
+                    self.leases.remove(k);
                 }
             }
         }

@@ -223,30 +223,121 @@ fn late_host_with_agent_joins_and_leaves_within_a_second() {
     let gone = c.wait_tunnels(0, 1, Duration::from_secs(5)).unwrap();
     println!("after a crash, h0 dropped the tunnel in {gone:?} (lease 2 s)");
     c.wait_tunnels(1, 1, Duration::from_secs(2)).unwrap();
-    // Its addresses stay until GC or an operator releases them.
-    let ips = c.weftctl(0, &conf(&c, 0), &["ips", "--json"]).unwrap();
-    let v: Value = serde_json::from_slice(&ips.stdout).unwrap();
-    let held_by_h2 = v["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["node"] == c.hosts[2].label.as_str())
-        .count();
-    assert_eq!(held_by_h2, 1);
-    let gc = c.weftctl(0, &conf(&c, 0), &["gc", "--json"]).unwrap();
-    assert!(
-        gc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
-    let v: Value = serde_json::from_slice(&gc.stdout).unwrap();
-    assert!(
+    // Its addresses stay while it may come back: gc keeps them for the
+    // grace period (10 minutes by default), counted from the agent's last
+    // word, and an ADD elsewhere cannot be handed them.
+    let gc = |args: &[&str]| {
+        let out = c.weftctl(0, &conf(&c, 0), args).unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let held_by_h2 = || {
+        let ips = c.weftctl(0, &conf(&c, 0), &["ips", "--json"]).unwrap();
+        let v: Value = serde_json::from_slice(&ips.stdout).unwrap();
+        v["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["node"] == c.hosts[2].label.as_str() && a["address"] == late.ip.as_str())
+            .count()
+    };
+    let actions = |v: &Value, what: &str| {
         v.as_array()
             .unwrap()
             .iter()
-            .any(|r| r["action"] == "released"),
-        "{v}"
+            .filter(|r| r["action"] == what)
+            .count()
+    };
+    let (code, v) = gc(&["gc", "--json"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(actions(&v, "released"), 0, "{v}");
+    assert!(v.to_string().contains(&c.hosts[2].label), "{v}");
+    assert_eq!(held_by_h2(), 1);
+    let mut ask = weft_harness::ipamtest::ipam_conf(
+        "blue",
+        NETS[0].1,
+        &c.hosts[0].label,
+        &c.etcd.endpoints(),
+        &c.hosts[0].dir.path,
     );
+    ask["runtimeConfig"] = json!({"ips": [format!("{}/16", late.ip)]});
+    let (_, codes) = weft_harness::ipamtest::outcomes(vec![weft_harness::ipamtest::ipam_cmd(
+        &c.hosts[0].netns,
+        "ADD",
+        "wants-h2s-address",
+        &ask,
+    )]);
+    assert_eq!(codes, vec![110], "the address is still held");
+    // A live host cannot be forgotten by name.
+    let (code, v) = gc(&["gc", "--json", "--forget-node", &c.hosts[1].label]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(actions(&v, "refused"), 1, "{v}");
+    // Past the grace period (1 s here), it is gone: addresses released,
+    // memberships forgotten.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, v) = gc(&["gc", "--json", "--node-grace", "1s"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(actions(&v, "released"), 1, "{v}");
+    assert_eq!(actions(&v, "forgot"), 1, "{v}");
+    assert_eq!(held_by_h2(), 0);
+    let (_, v) = gc(&["gc", "--json", "--node-grace", "1s"]);
+    assert_eq!(actions(&v, "released") + actions(&v, "forgot"), 0, "{v}");
+}
+
+/// ovsdb-server stopped for 8 s under a 5 s lease: the agent's reconcile
+/// blocks on it, but its keepalive runs apart, so the host stays registered
+/// and its peers keep their tunnels to it.
+#[test]
+fn an_agent_keeps_its_registration_through_an_8s_stop_of_ovsdb_server() {
+    let _g = serial();
+    let c = Cluster::new("stall", 2).unwrap();
+    let conf = |c: &Cluster, h| c.network(h, "blue", NETS[0].1, json!({}));
+    let _a0 = c.start_agent(0, &conf(&c, 0), 5).unwrap();
+    let _a1 = c.start_agent(1, &conf(&c, 1), 5).unwrap();
+    let a = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let b = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    c.wait_tunnels(0, 1, Duration::from_secs(2)).unwrap();
+    c.wait_tunnels(1, 1, Duration::from_secs(2)).unwrap();
+
+    /// Lets the process go again on every exit path.
+    struct Continue(i32);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            // SAFETY: a signal to a process this test stopped.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let pid = c.hosts[0].ovs.pids().1.unwrap() as i32;
+    let node_key = format!("/weft/v1/nodes/{}", c.hosts[0].label);
+    let stopped = Continue(pid);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // A registry change wakes h0's agent into a reconcile that waits on
+    // the stopped ovsdb-server.
+    c.etcd
+        .ctl(&c.fabric.netns, &["put", "/weft/v1/members/blue/ghost", ""])
+        .unwrap();
+    let (mut polls, mut missing, mut tunnel_gone) = (0, 0, 0);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        let v = c
+            .etcd
+            .ctl(&c.fabric.netns, &["get", &node_key, "--print-value-only"])
+            .unwrap();
+        polls += 1;
+        missing += usize::from(v.trim().is_empty());
+        tunnel_gone += usize::from(c.tunnels(1).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(stopped);
+    println!("8 s of stopped ovsdb-server: {polls} polls, registration missing in {missing}, h1's tunnel missing in {tunnel_gone}");
+    assert_eq!(missing, 0, "the registration lapsed");
+    assert_eq!(tunnel_gone, 0, "h1 dropped its tunnel to h0");
+    c.etcd
+        .ctl(&c.fabric.netns, &["del", "/weft/v1/members/blue/ghost"])
+        .unwrap();
+    assert!(a.c.netns.ping(&b.ip));
 }
 
 #[test]

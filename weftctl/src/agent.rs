@@ -25,6 +25,8 @@ use weft_ipam::store::{Compare, Read, Store, Write};
 use crate::conf::{cni, Loaded};
 
 const RESYNC: Duration = Duration::from_secs(30);
+/// How long after a registry change the agent waits for the rest of a burst.
+const COALESCE: Duration = Duration::from_millis(100);
 
 enum Wake {
     Watch(bool),
@@ -271,6 +273,16 @@ pub fn run(l: &Loaded, ttl: i64) -> Result<()> {
     }
 }
 
+/// Writes when this node was last alive, without a lease: `weftctl gc`
+/// measures a missing node's absence from it.
+fn say_alive(store: &mut EtcdStore, node: &str) -> Result<()> {
+    let now = crate::upkeep::unix_now().to_string().into_bytes();
+    store
+        .txn(&[], &[Write::Put(registry::seen_key(node), now)], &[])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 fn session(l: &Loaded, ttl: i64) -> Result<()> {
     let o = l.overlay()?.clone();
     let nl = Netlink::new().map_err(cni)?;
@@ -300,51 +312,84 @@ fn session(l: &Loaded, ttl: i64) -> Result<()> {
         ))
     };
     register(&store, &mut client).context("registering")?;
-    let (mut keeper, mut kept) = store.block_on(client.lease_keep_alive(lease))?;
-    let mut events =
-        store.block_on(client.watch(registry::ROOT, Some(WatchOptions::new().with_prefix())))?;
+    say_alive(&mut store, &me.name)?;
+    // The lease is kept alive on a thread of its own, with its own etcd
+    // connection: a reconcile blocked on a stalled ovsdb-server (up to its
+    // 10 s timeout) must not let a 5 s lease lapse.
+    let keeper = Keeper::start(l, lease, ttl)?;
+    // Only the registry's own prefixes: IPAM's writes (every reservation on
+    // every host) and the alive-clocks never wake an agent.
+    let mut events = store.block_on(client.watch(
+        registry::nodes_prefix(),
+        Some(WatchOptions::new().with_prefix()),
+    ))?;
+    for prefix in [
+        registry::all_members_prefix(),
+        registry::networks_prefix(),
+        registry::vnis_prefix(),
+    ] {
+        store.block_on(events.watch(prefix, Some(WatchOptions::new().with_prefix())))?;
+    }
     tracing::info!(node = %me.name, ip = %me.ip, lease, "registered");
     let n = reconcile_all(l, &mut store)?;
     tracing::info!(changed = n, "initial reconcile");
     firewall_upkeep(l)?;
 
-    let every = Duration::from_millis((ttl as u64 * 1000) / 3);
-    let mut next_keepalive = Instant::now() + every;
     let mut next_resync = Instant::now() + RESYNC;
     loop {
-        let until = tokio::time::Instant::from_std(next_keepalive.min(next_resync));
+        let until = tokio::time::Instant::from_std(
+            next_resync.min(Instant::now() + Duration::from_millis(500)),
+        );
+        let mut lost_own = false;
         let wake = store.block_on(async {
-            tokio::select! {
-                m = events.message() => match m {
+            let first = tokio::select! {
+                m = events.message() => m,
+                _ = tokio::time::sleep_until(until) => return Wake::Tick,
+                _ = term.recv() => return Wake::Stop,
+                _ = int.recv() => return Wake::Stop,
+            };
+            // A burst of changes (a host joining writes several keys, a
+            // wipe deletes many) is one reconcile: gather what arrives
+            // within a moment of the first.
+            let mut batch = vec![first];
+            let settle = tokio::time::Instant::now() + COALESCE;
+            while let Ok(m) = tokio::time::timeout_at(settle, events.message()).await {
+                batch.push(m);
+            }
+            let mut changed = false;
+            for m in batch {
+                match m {
                     Ok(Some(resp)) if !resp.canceled() => {
                         // Our own registration deleted (an operator, or a
                         // lease that lapsed while we were stalled): put it back.
-                        let lost = resp.events().iter().any(|e| {
+                        lost_own |= resp.events().iter().any(|e| {
                             e.event_type() == etcd_client::EventType::Delete
                                 && e.kv().is_some_and(|kv| kv.key() == key.as_bytes())
                         });
-                        Wake::Watch(lost)
+                        changed |= !resp.events().is_empty();
                     }
-                    _ => Wake::KeepAliveLost,
-                },
-                k = kept.message() => match k {
-                    Ok(Some(r)) if r.ttl() > 0 => Wake::Tick,
-                    _ => Wake::KeepAliveLost,
-                },
-                _ = tokio::time::sleep_until(until) => Wake::Tick,
-                _ = term.recv() => Wake::Stop,
-                _ = int.recv() => Wake::Stop,
+                    _ => return Wake::KeepAliveLost,
+                }
+            }
+            if changed {
+                Wake::Watch(lost_own)
+            } else {
+                Wake::Tick
             }
         });
+        if keeper.lost() {
+            bail!("the lease lapsed or its keepalive stream broke");
+        }
         match wake {
             Wake::Stop => {
+                keeper.stop();
                 let _ = store.block_on(async {
                     tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await
                 });
                 tracing::info!("lease revoked; stopping");
                 return Ok(());
             }
-            Wake::KeepAliveLost => bail!("lost the watch or the lease"),
+            Wake::KeepAliveLost => bail!("lost the watch"),
             Wake::Watch(lost) => {
                 if lost {
                     register(&store, &mut client).context("registering again")?;
@@ -357,14 +402,68 @@ fn session(l: &Loaded, ttl: i64) -> Result<()> {
             Wake::Tick => {}
         }
         let now = Instant::now();
-        if now >= next_keepalive {
-            store.block_on(keeper.keep_alive())?;
-            next_keepalive = now + every;
-        }
         if now >= next_resync {
+            say_alive(&mut store, &me.name)?;
             reconcile_all(l, &mut store)?;
             firewall_upkeep(l)?;
             next_resync = now + RESYNC;
         }
+    }
+}
+
+/// Keeps one lease alive from its own thread and runtime. Dropping it (or
+/// `stop`) ends the thread within a keepalive period.
+struct Keeper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Keeper {
+    fn start(l: &Loaded, lease: i64, ttl: i64) -> Result<Keeper> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let store = l.store()?;
+        let mut client = store.client();
+        let (mut keeper, mut kept) = store
+            .block_on(client.lease_keep_alive(lease))
+            .context("starting the lease keepalive")?;
+        let (stop, lost) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (stop2, lost2) = (stop.clone(), lost.clone());
+        let every = Duration::from_millis((ttl as u64 * 1000) / 3);
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let alive = store.block_on(async {
+                    keeper.keep_alive().await.ok()?;
+                    let r = tokio::time::timeout(every, kept.message())
+                        .await
+                        .ok()?
+                        .ok()??;
+                    (r.ttl() > 0).then_some(())
+                });
+                if alive.is_none() {
+                    lost2.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+        });
+        Ok(Keeper { stop, lost })
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

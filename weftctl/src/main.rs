@@ -40,8 +40,18 @@ enum Cmd {
     Ips { network: Option<String> },
     /// This host's tunnel ports.
     Tunnels,
-    /// Collects ports of vanished containers here, and addresses of hosts that left.
-    Gc,
+    /// Collects ports of vanished containers here, and addresses of hosts
+    /// that have been gone longer than the grace period.
+    Gc {
+        /// How long a host must have been missing (no registration, no word
+        /// from its agent) before its addresses are released.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        node_grace: std::time::Duration,
+        /// Release this host's addresses now, whatever the grace period
+        /// (refused while it is registered); may be repeated.
+        #[arg(long)]
+        forget_node: Vec<String>,
+    },
     /// Checks OVS, etcd, the datapath, MTU, registration and tunnels; says what to fix.
     Doctor,
     /// Removes everything weft made on this host, and its registration.
@@ -102,7 +112,10 @@ fn main() -> ExitCode {
         Cmd::Networks => inspect::networks(&l, cli.json).map(|_| true),
         Cmd::Ips { network } => inspect::ips(&l, network.as_deref(), cli.json).map(|_| true),
         Cmd::Tunnels => inspect::tunnels(&l, cli.json).map(|_| true),
-        Cmd::Gc => upkeep::gc(&l, cli.json).map(|_| true),
+        Cmd::Gc {
+            node_grace,
+            forget_node,
+        } => upkeep::gc(&l, *node_grace, forget_node, cli.json),
         Cmd::Doctor => doctor::run(&l, cli.json),
         Cmd::Cleanup { keep_registration } => {
             upkeep::cleanup(&l, *keep_registration, cli.json).map(|_| true)

@@ -1,6 +1,7 @@
 //! `weftctl gc` and `weftctl cleanup`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
@@ -11,7 +12,7 @@ use weft::overlay::registry;
 use weft::overlay::tunnels;
 use weft::ovs::Ovs;
 use weft_ipam::alloc::Allocator;
-use weft_ipam::store::{Read, Store, Write};
+use weft_ipam::store::{Compare, Read, Store, Write};
 
 use crate::conf::{cni, Loaded};
 use crate::table::{emit, Table};
@@ -69,9 +70,50 @@ fn release(
     Ok(())
 }
 
+/// Where a member node that `gc` looks at stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// Registered: its agent holds a lease, or it runs without one.
+    Live,
+    /// Missing, and nothing says since when: the clock starts now.
+    FirstMissed,
+    /// Missing for this many seconds, less than the grace period.
+    Missing(u64),
+    /// Missing for this many seconds, longer than the grace period.
+    Gone(u64),
+}
+
+/// `seen`: when its agent last wrote that it was alive, or when a gc first
+/// found it missing (unix seconds). Clocks are assumed within a minute of
+/// each other; the grace period is minutes.
+pub fn presence(live: bool, seen: Option<u64>, now: u64, grace: Duration) -> Presence {
+    if live {
+        return Presence::Live;
+    }
+    match seen {
+        None => Presence::FirstMissed,
+        Some(t) => {
+            let away = now.saturating_sub(t);
+            if away > grace.as_secs() {
+                Presence::Gone(away)
+            } else {
+                Presence::Missing(away)
+            }
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Attachments on this host whose veth is gone (a container that vanished
-/// without a DEL), and reservations of nodes that left the registry.
-pub fn gc(l: &Loaded, json: bool) -> Result<()> {
+/// without a DEL), and reservations of nodes that have been gone longer than
+/// `grace` or that the operator names in `forget`. Ok(false) when a named
+/// node could not be forgotten.
+pub fn gc(l: &Loaded, grace: Duration, forget: &[String], json: bool) -> Result<bool> {
     let mut r = Report::new();
     let mut ovs = Ovs::connect(&l.weft.ovsdb_socket).map_err(cni)?;
     let nl = Netlink::new().map_err(cni)?;
@@ -100,27 +142,117 @@ pub fn gc(l: &Loaded, json: bool) -> Result<()> {
             release(l, net, me, Some(&only), &mut r)?;
         }
     }
+    let mut ok = true;
     if l.weft.overlay.is_some() {
         let mut store = l.store()?;
         let got = store
             .read(&[
                 Read::prefix(&registry::all_members_prefix()),
                 Read::prefix(&registry::nodes_prefix()),
+                Read::prefix(&registry::seen_prefix()),
             ])
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let live: BTreeSet<String> = registry::decode_nodes(&got[1])
             .into_iter()
             .map(|n| n.name)
             .collect();
+        let seen: BTreeMap<String, u64> = got[2]
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                let node = kv.key.rsplit('/').next()?.to_string();
+                Some((node, std::str::from_utf8(&kv.value).ok()?.parse().ok()?))
+            })
+            .collect();
+        let mut nets_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (net, node) in registry::decode_members(&got[0]) {
-            if !live.contains(&node) {
-                release(l, &net, &node, None, &mut r)?;
+            nets_of.entry(node).or_default().push(net);
+        }
+        for name in forget {
+            if live.contains(name) {
+                r.add(
+                    "refused",
+                    "node",
+                    format!("{name} is registered: stop its agent (or let its lease lapse) first"),
+                );
+                ok = false;
+            } else if !nets_of.contains_key(name) {
+                r.add(
+                    "refused",
+                    "node",
+                    format!("{name} is a member of no network"),
+                );
+                ok = false;
             }
         }
+        let now = unix_now();
+        for (node, nets) in &nets_of {
+            let forced = forget.contains(node) && !live.contains(node);
+            let verdict = presence(live.contains(node), seen.get(node).copied(), now, grace);
+            match (&verdict, forced) {
+                (Presence::Live, _) => continue,
+                (Presence::Gone(_), _) | (_, true) => {}
+                (Presence::FirstMissed, false) => {
+                    store
+                        .txn(
+                            &[Compare::Absent(registry::seen_key(node))],
+                            &[Write::Put(
+                                registry::seen_key(node),
+                                now.to_string().into_bytes(),
+                            )],
+                            &[],
+                        )
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    r.add(
+                        "kept",
+                        "node",
+                        format!(
+                            "{node} is missing; its addresses go after {}",
+                            humantime::format_duration(grace)
+                        ),
+                    );
+                    continue;
+                }
+                (Presence::Missing(away), false) => {
+                    r.add(
+                        "kept",
+                        "node",
+                        format!(
+                            "{node} missing for {}s; its addresses go after {}",
+                            away,
+                            humantime::format_duration(grace)
+                        ),
+                    );
+                    continue;
+                }
+            }
+            for net in nets {
+                release(l, net, node, None, &mut r)?;
+            }
+            // Gone for good: its memberships and its clock go too, so peers
+            // and later runs stop counting it. It comes back as a new node.
+            let mut writes: Vec<Write> = nets
+                .iter()
+                .map(|n| Write::Delete(registry::member_key(n, node)))
+                .collect();
+            writes.push(Write::Delete(registry::seen_key(node)));
+            store
+                .txn(&[Compare::Absent(registry::node_key(node))], &writes, &[])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let why = match verdict {
+                Presence::Gone(away) => format!("gone for {away}s"),
+                _ => "named with --forget-node".to_string(),
+            };
+            r.add("forgot", "node", format!("{node} ({why})"));
+        }
     }
-    let n = r.doc.len();
+    let n = r
+        .doc
+        .iter()
+        .filter(|d| d["action"] != "kept" && d["action"] != "refused")
+        .count();
     r.emit(json, format!("gc: {n} things collected"));
-    Ok(())
+    Ok(ok)
 }
 
 /// Everything weft made on this host: ports, veths, the bridge it created,
@@ -168,7 +300,10 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
         for net in &nets {
             release(l, net, &o.node, None, &mut r)?;
         }
-        let mut writes = vec![Write::Delete(registry::node_key(&o.node))];
+        let mut writes = vec![
+            Write::Delete(registry::node_key(&o.node)),
+            Write::Delete(registry::seen_key(&o.node)),
+        ];
         writes.extend(
             nets.iter()
                 .map(|n| Write::Delete(registry::member_key(n, &o.node))),
@@ -185,4 +320,30 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
     let n = r.doc.len();
     r.emit(json, format!("cleanup: {n} things removed"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_node_is_gone_only_after_the_grace_period() {
+        let grace = Duration::from_secs(600);
+        assert_eq!(presence(true, None, 1000, grace), Presence::Live);
+        assert_eq!(presence(true, Some(1), 100_000, grace), Presence::Live);
+        assert_eq!(presence(false, None, 1000, grace), Presence::FirstMissed);
+        assert_eq!(
+            presence(false, Some(1000), 1600, grace),
+            Presence::Missing(600)
+        );
+        assert_eq!(
+            presence(false, Some(1000), 1601, grace),
+            Presence::Gone(601)
+        );
+        // A clock behind the writer's is never "gone".
+        assert_eq!(
+            presence(false, Some(2000), 1000, grace),
+            Presence::Missing(0)
+        );
+    }
 }

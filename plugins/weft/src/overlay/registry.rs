@@ -29,6 +29,14 @@ pub fn node_key(node: &str) -> String {
 pub fn nodes_prefix() -> String {
     format!("{ROOT}nodes/")
 }
+/// When the node's agent last said it was alive (unix seconds, no lease):
+/// what `weftctl gc` measures a missing node's absence from.
+pub fn seen_key(node: &str) -> String {
+    format!("{ROOT}seen/{node}")
+}
+pub fn seen_prefix() -> String {
+    format!("{ROOT}seen/")
+}
 pub fn network_key(net: &str) -> String {
     format!("{ROOT}networks/{net}")
 }
@@ -205,13 +213,16 @@ pub fn join_with(
         match nodes.iter().find(|n| n.name == me.name) {
             Some(n) if n.ip == me.ip => {}
             Some(n) => {
-                let rev = r[3]
+                let (rev, lease) = r[3]
                     .kvs
                     .iter()
                     .find(|kv| last_segment(&kv.key) == n.name)
-                    .map_or(0, |kv| kv.mod_revision);
+                    .map_or((0, 0), |kv| (kv.mod_revision, kv.lease));
+                // A new underlay address under the agent's lease, not
+                // outside it: a registration without a lease would outlive
+                // the host.
                 compares.push(Compare::ModRevision(node_key(&me.name), rev));
-                writes.push(Write::Put(node_key(&me.name), to_vec(me)));
+                writes.push(Write::PutLeased(node_key(&me.name), to_vec(me), lease));
             }
             None => {
                 compares.push(Compare::Absent(node_key(&me.name)));
@@ -393,6 +404,26 @@ mod tests {
         let v = view(&mut s, "blue", "a").unwrap().unwrap();
         assert_eq!(v.peers, vec![node("b", "10.0.0.9")]);
         assert_eq!(networks_of(&mut s, "b").unwrap(), vec!["blue".to_string()]);
+    }
+
+    #[test]
+    fn a_moved_node_keeps_its_agents_lease() {
+        let mut s = MemStore::default();
+        let o = overlay(json!({}));
+        s.txn(
+            &[],
+            &[Write::PutLeased(
+                node_key("a"),
+                to_vec(&node("a", "10.0.0.2")),
+                42,
+            )],
+            &[],
+        )
+        .unwrap();
+        join(&mut s, "blue", &o, &node("a", "10.0.0.7")).unwrap();
+        assert_eq!(s.leases.get(&node_key("a")), Some(&42));
+        let v = view(&mut s, "blue", "b").unwrap().unwrap();
+        assert_eq!(v.peers, vec![node("a", "10.0.0.7")]);
     }
 
     #[test]
