@@ -55,6 +55,10 @@ pub struct Holder {
     pub container_id: String,
     pub ifname: String,
     pub node: String,
+    /// The container's network namespace as the runtime named it: the
+    /// node's reconciler keeps a reservation whose namespace still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +214,8 @@ pub struct Allocator<'a, S: Store> {
     pub(crate) store: &'a mut S,
     pub(crate) keys: Keys,
     rng: Rng,
+    /// Recorded with each reservation (CNI_NETNS).
+    pub netns: Option<String>,
 }
 
 /// Where one range set's address will come from in the next attempt.
@@ -260,6 +266,7 @@ impl<'a, S: Store> Allocator<'a, S> {
             keys: Keys::new(&cfg.network),
             store,
             rng: Rng::new(),
+            netns: None,
         }
     }
 
@@ -621,6 +628,7 @@ impl<'a, S: Store> Allocator<'a, S> {
             container_id: cid.into(),
             ifname: ifname.into(),
             node: node.clone(),
+            netns: self.netns.clone(),
         })
         .map_err(|e| Error::unexpected("encoding holder").with_details(e))?;
         let record = serde_json::to_vec(&OwnerRecord {

@@ -1,5 +1,6 @@
-//! weft-ipam: cluster-wide IPAM on etcd (issue 4, in progress). So far: the
-//! validated config and the address arithmetic the allocator will stand on.
+//! weft-ipam: cluster-wide IPAM on etcd: the validated config, the address
+//! arithmetic, the allocator and its upkeep, the store it runs on, and the
+//! per-attachment turns that keep a killed ADD from outliving its DEL.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -8,4 +9,5 @@ pub mod config;
 pub mod etcd;
 pub mod space;
 pub mod store;
+pub mod turns;
 mod upkeep;

@@ -14,6 +14,7 @@ use weft_ipam::alloc::{Allocator, Hints};
 use weft_ipam::config::IpamConfig;
 use weft_ipam::etcd::EtcdStore;
 use weft_ipam::store::{Epoch, Store};
+use weft_ipam::turns::Turn;
 
 struct WeftIpam;
 
@@ -61,6 +62,21 @@ fn setup(ctx: &Context) -> Result<(IpamConfig, EtcdStore)> {
         "connected to etcd"
     );
     Ok((cfg, store))
+}
+
+fn turn_path(cfg: &IpamConfig, ctx: &Context) -> PathBuf {
+    weft_ipam::turns::path(
+        &cfg.data_dir,
+        &cfg.network,
+        ctx.env.container_id(),
+        ctx.env.ifname(),
+    )
+}
+
+/// Waiting for the attachment's turn spends the etcd budget: the store's
+/// deadline started when it connected.
+fn turn_budget(cfg: &IpamConfig) -> std::time::Duration {
+    std::time::Duration::from_millis(cfg.etcd.timeout_ms)
 }
 
 /// The node's last handed-out address per range set and its blocks, in a
@@ -179,9 +195,13 @@ impl Plugin for WeftIpam {
                 .iter()
                 .filter(|ip| !ctx.conf.requested_ips.contains(ip)),
         );
+        // Held to the end, so a DEL of this attachment waits for us.
+        let _turn = Turn::for_add(&turn_path(&cfg, ctx), turn_budget(&cfg))?;
         let mut hints = FileHints::load(&cfg);
         let started = std::time::Instant::now();
-        let got = Allocator::new(&cfg, &mut store).add(
+        let mut alloc = Allocator::new(&cfg, &mut store);
+        alloc.netns = ctx.env.netns.as_ref().map(|p| p.display().to_string());
+        let got = alloc.add(
             ctx.env.container_id(),
             ctx.env.ifname(),
             &requested,
@@ -212,6 +232,7 @@ impl Plugin for WeftIpam {
 
     fn del(&self, ctx: &Context) -> Result<()> {
         let (cfg, mut store) = setup(ctx)?;
+        let _turn = Turn::for_del(&turn_path(&cfg, ctx), turn_budget(&cfg))?;
         Allocator::new(&cfg, &mut store).del(ctx.env.container_id(), ctx.env.ifname())?;
         Ok(())
     }

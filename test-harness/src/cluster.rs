@@ -73,12 +73,19 @@ pub fn weftctl(host: &Host, net: &Network, args: &[&str]) -> Result<std::process
 
 /// Starts `weftctl agent` for `net` on `host`, logging to its dir.
 pub fn start_agent(host: &Host, net: &Network, ttl: u32) -> Result<Agent> {
+    start_agent_with(host, net, ttl, &[])
+}
+
+/// `start_agent` with more arguments (`--orphan-grace 1s`).
+pub fn start_agent_with(host: &Host, net: &Network, ttl: u32, extra: &[&str]) -> Result<Agent> {
     let conf = write_conf(host, net)?;
     let log = std::fs::File::create(host.dir.path.join("agent.log"))?;
     let child = host
         .netns
         .command(&plugin_bin("weftctl")?.to_string_lossy())?
-        .args(["agent", "--ttl", &ttl.to_string(), "--conf"])
+        .args(["agent", "--ttl", &ttl.to_string()])
+        .args(extra)
+        .arg("--conf")
         .arg(&conf)
         .stdout(Stdio::null())
         .stderr(log)

@@ -267,6 +267,30 @@ impl Network {
         Ok((prev, outs))
     }
 
+    /// Starts the first plugin of the chain for `call` and returns at once,
+    /// so a test can kill it where a runtime's timeout would.
+    pub fn spawn_first(&self, host: &Host, call: &Call) -> Result<std::process::Child> {
+        let p = self
+            .plugins()
+            .into_iter()
+            .next()
+            .context("empty conflist")?;
+        let ty = p["type"].as_str().context("plugin without type")?;
+        let conf = self.plugin_conf(&p, None, None, &Value::Null);
+        let mut cmd = host.netns.command(&plugin_bin(ty)?.to_string_lossy())?;
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(call.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().context("starting the plugin")?;
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(conf.to_string().as_bytes());
+        }
+        Ok(child)
+    }
+
     /// ADD through the chain; Ok(Err(outcome)) when a plugin refused.
     pub fn add(
         &self,

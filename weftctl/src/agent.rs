@@ -255,14 +255,14 @@ fn run_local(l: &Loaded) -> Result<()> {
 
 /// Runs until SIGTERM or SIGINT, then gives up the lease so peers drop this
 /// host's tunnels at once rather than when the lease runs out.
-pub fn run(l: &Loaded, ttl: i64) -> Result<()> {
+pub fn run(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
     watch_firewall(l)?;
     if l.weft.overlay.is_none() {
         return run_local(l);
     }
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(l, ttl) {
+        match session(l, ttl, orphan_grace) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "agent session ended; starting again");
@@ -283,7 +283,7 @@ fn say_alive(store: &mut EtcdStore, node: &str) -> Result<()> {
     Ok(())
 }
 
-fn session(l: &Loaded, ttl: i64) -> Result<()> {
+fn session(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
     let o = l.overlay()?.clone();
     let nl = Netlink::new().map_err(cni)?;
     let u = underlay::detect(&nl, &o).map_err(cni)?;
@@ -336,6 +336,9 @@ fn session(l: &Loaded, ttl: i64) -> Result<()> {
     firewall_upkeep(l)?;
 
     let mut next_resync = Instant::now() + RESYNC;
+    let mut orphans = crate::upkeep::Orphans::default();
+    let orphan_every = (orphan_grace / 2).clamp(Duration::from_millis(500), RESYNC);
+    let mut next_orphans = Instant::now();
     loop {
         let until = tokio::time::Instant::from_std(
             next_resync.min(Instant::now() + Duration::from_millis(500)),
@@ -402,6 +405,17 @@ fn session(l: &Loaded, ttl: i64) -> Result<()> {
             Wake::Tick => {}
         }
         let now = Instant::now();
+        if now >= next_orphans {
+            match orphans.pass(l, orphan_grace) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    released = n,
+                    "reservations without a live attachment released"
+                ),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "orphan pass failed"),
+            }
+            next_orphans = now + orphan_every;
+        }
         if now >= next_resync {
             say_alive(&mut store, &me.name)?;
             reconcile_all(l, &mut store)?;

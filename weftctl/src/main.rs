@@ -65,6 +65,11 @@ enum Cmd {
         /// Lease TTL in seconds: how long peers keep tunnels to a host that died.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..=300))]
         ttl: i64,
+        /// How long one of this host's reservations must have had no live
+        /// attachment (no OVS port, its namespace gone) before the agent
+        /// releases it.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        orphan_grace: std::time::Duration,
     },
     /// Installs weft, weft-ipam and weftctl (and conflists) atomically: the
     /// DaemonSet's install step, and the host install. Reads no --conf.
@@ -120,7 +125,7 @@ fn main() -> ExitCode {
         Cmd::Cleanup { keep_registration } => {
             upkeep::cleanup(&l, *keep_registration, cli.json).map(|_| true)
         }
-        Cmd::Agent { ttl } => agent::run(&l, *ttl).map(|_| true),
+        Cmd::Agent { ttl, orphan_grace } => agent::run(&l, *ttl, *orphan_grace).map(|_| true),
         Cmd::Install { .. } => unreachable!("answered before the conflist is read"),
     });
     match outcome {

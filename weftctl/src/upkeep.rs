@@ -1,7 +1,8 @@
 //! `weftctl gc` and `weftctl cleanup`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::json;
@@ -70,6 +71,129 @@ fn release(
     Ok(())
 }
 
+/// Ports here whose veth is gone (a container that vanished without a DEL:
+/// its namespace took the veth with it), and their addresses.
+fn collect_vanished(l: &Loaded, ovs: &mut Ovs, r: &mut Report) -> Result<()> {
+    let nl = Netlink::new().map_err(cni)?;
+    let mut stale = Vec::new();
+    for p in ovs.weft_ports().map_err(cni)? {
+        if p.id(ids::CONTAINER_ID).is_some() && nl.link(nl.host(), &p.name).map_err(cni)?.is_none()
+        {
+            stale.push(p);
+        }
+    }
+    ovs.remove(&stale).map_err(cni)?;
+    let me = l.weft.overlay.as_ref().map(|o| o.node.clone());
+    for p in &stale {
+        let (net, cid, ifname) = (
+            p.id(ids::NETWORK).unwrap_or_default(),
+            p.id(ids::CONTAINER_ID).unwrap_or_default(),
+            p.id(ids::IFNAME).unwrap_or_default(),
+        );
+        r.add(
+            "removed",
+            "port",
+            format!("{} ({cid} {ifname} on {net})", p.name),
+        );
+        if let Some(me) = &me {
+            let only = BTreeSet::from([(cid.to_string(), ifname.to_string())]);
+            release(l, net, me, Some(&only), r)?;
+        }
+    }
+    Ok(())
+}
+
+/// The node-local reconciler the agent runs, for runtimes that never send
+/// CNI GC (containerd 1.6, kubelet): this node's reservations whose
+/// attachment is not alive here (no OVS port, and the namespace the runtime
+/// named is gone) are released once they have been so for `grace`. Only
+/// this node's: another node's are its own agent's business.
+#[derive(Default)]
+pub struct Orphans {
+    since: HashMap<(String, String, String), Instant>,
+}
+
+impl Orphans {
+    /// One pass; returns how many reservations it released.
+    pub fn pass(&mut self, l: &Loaded, grace: Duration) -> Result<usize> {
+        let Some(o) = &l.weft.overlay else {
+            return Ok(0);
+        };
+        // Without OVS nothing tells what is alive: release nothing.
+        let Some(mut ovs) = Ovs::connect_if_running(&l.weft.ovsdb_socket).map_err(cni)? else {
+            return Ok(0);
+        };
+        let mut r = Report::new();
+        collect_vanished(l, &mut ovs, &mut r)?;
+        let ports = ovs.weft_ports().map_err(cni)?;
+        let live: BTreeSet<(String, String, String)> = ports
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.id(ids::NETWORK)?.to_string(),
+                    p.id(ids::CONTAINER_ID)?.to_string(),
+                    p.id(ids::IFNAME)?.to_string(),
+                ))
+            })
+            .collect();
+        let mut nets: BTreeSet<String> = live.iter().map(|(n, _, _)| n.clone()).collect();
+        nets.insert(l.weft.network.clone());
+        let mut store = l.store()?;
+        nets.extend(registry::networks_of(&mut store, &o.node).map_err(cni)?);
+        let mut orphaned = BTreeSet::new();
+        let mut released = 0;
+        for net in &nets {
+            let Ok(cfg) = l.ipam(Some(net)) else {
+                continue;
+            };
+            let mut store = weft_ipam::etcd::EtcdStore::connect(&cfg.etcd).map_err(cni)?;
+            let held = Allocator::new(&cfg, &mut store).list().map_err(cni)?;
+            let mut seen = BTreeSet::new();
+            for (_, h) in held {
+                let key = (net.clone(), h.container_id.clone(), h.ifname.clone());
+                if h.node != o.node || live.contains(&key) || !seen.insert(key.clone()) {
+                    continue;
+                }
+                if h.netns.as_deref().is_some_and(|ns| Path::new(ns).exists()) {
+                    continue;
+                }
+                orphaned.insert(key.clone());
+                let first = *self.since.entry(key.clone()).or_insert_with(Instant::now);
+                if first.elapsed() < grace {
+                    continue;
+                }
+                // Under the attachment's turn, so an ADD or DEL of it on
+                // this node is not running meanwhile, and an ADD that
+                // started before this gives up instead of reserving.
+                let turn = weft_ipam::turns::path(&cfg.data_dir, net, &h.container_id, &h.ifname);
+                let Ok(_turn) = weft_ipam::turns::Turn::for_del(&turn, Duration::from_secs(1))
+                else {
+                    continue;
+                };
+                let attached = ovs.weft_ports().map_err(cni)?.iter().any(|p| {
+                    p.id(ids::CONTAINER_ID) == Some(h.container_id.as_str())
+                        && p.id(ids::IFNAME) == Some(h.ifname.as_str())
+                });
+                if attached {
+                    continue;
+                }
+                store.renew();
+                if Allocator::new(&cfg, &mut store)
+                    .del(&h.container_id, &h.ifname)
+                    .map_err(cni)?
+                {
+                    tracing::warn!(network = %net, container = %h.container_id, ifname = %h.ifname,
+                        "released a reservation with no live attachment on this node");
+                    released += 1;
+                }
+            }
+        }
+        self.since.retain(|k, _| orphaned.contains(k));
+        let vanished = r.doc.iter().filter(|d| d["action"] == "released").count();
+        Ok(released + vanished)
+    }
+}
+
 /// Where a member node that `gc` looks at stands.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Presence {
@@ -116,32 +240,7 @@ pub fn unix_now() -> u64 {
 pub fn gc(l: &Loaded, grace: Duration, forget: &[String], json: bool) -> Result<bool> {
     let mut r = Report::new();
     let mut ovs = Ovs::connect(&l.weft.ovsdb_socket).map_err(cni)?;
-    let nl = Netlink::new().map_err(cni)?;
-    let mut stale = Vec::new();
-    for p in ovs.weft_ports().map_err(cni)? {
-        if p.id(ids::CONTAINER_ID).is_some() && nl.link(nl.host(), &p.name).map_err(cni)?.is_none()
-        {
-            stale.push(p);
-        }
-    }
-    ovs.remove(&stale).map_err(cni)?;
-    let me = l.weft.overlay.as_ref().map(|o| o.node.clone());
-    for p in &stale {
-        let (net, cid, ifname) = (
-            p.id(ids::NETWORK).unwrap_or_default(),
-            p.id(ids::CONTAINER_ID).unwrap_or_default(),
-            p.id(ids::IFNAME).unwrap_or_default(),
-        );
-        r.add(
-            "removed",
-            "port",
-            format!("{} ({cid} {ifname} on {net})", p.name),
-        );
-        if let Some(me) = &me {
-            let only = BTreeSet::from([(cid.to_string(), ifname.to_string())]);
-            release(l, net, me, Some(&only), &mut r)?;
-        }
-    }
+    collect_vanished(l, &mut ovs, &mut r)?;
     let mut ok = true;
     if l.weft.overlay.is_some() {
         let mut store = l.store()?;

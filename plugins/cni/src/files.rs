@@ -11,7 +11,14 @@ use std::time::{Duration, Instant};
 /// when the process dies, so a crash cannot wedge it.
 #[derive(Debug)]
 pub struct Lock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl Lock {
+    /// The locked file, open for reading and writing.
+    pub fn file(&mut self) -> &mut std::fs::File {
+        &mut self.file
+    }
 }
 
 fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
@@ -24,6 +31,7 @@ fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
         .open(path)
@@ -43,7 +51,7 @@ pub fn lock(path: &Path) -> std::io::Result<Lock> {
     let file = open_lock_file(path)?;
     loop {
         match flock(&file, libc::LOCK_EX) {
-            Ok(()) => return Ok(Lock { _file: file }),
+            Ok(()) => return Ok(Lock { file }),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
@@ -57,7 +65,7 @@ pub fn lock_within(path: &Path, within: Duration) -> std::io::Result<Option<Lock
     let until = Instant::now() + within;
     loop {
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => return Ok(Some(Lock { _file: file })),
+            Ok(()) => return Ok(Some(Lock { file })),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= until {
                     return Ok(None);
