@@ -340,6 +340,124 @@ fn an_agent_keeps_its_registration_through_an_8s_stop_of_ovsdb_server() {
     assert!(a.c.netns.ping(&b.ip));
 }
 
+/// etcd wiped with containers running: the agents register again, put
+/// back the reservations of their live attachments (and their blocks) and
+/// the tunnels come back; new ADDs are never handed a running container's
+/// address. Then, with no agents, `weftctl ipam repair` does the same.
+#[test]
+fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
+    let _g = serial();
+    let c = Cluster::new("wipe", 2).unwrap();
+    let conf = |c: &Cluster, h| c.network(h, "blue", NETS[0].1, json!({}));
+    let owners = |c: &Cluster| {
+        c.etcd
+            .ctl(
+                &c.fabric.netns,
+                &[
+                    "get",
+                    "--prefix",
+                    "/weft/v1/ipam/blue/owners/",
+                    "--keys-only",
+                ],
+            )
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    let wipe = |c: &Cluster| {
+        c.etcd
+            .ctl(&c.fabric.netns, &["del", "--prefix", "/weft/"])
+            .unwrap();
+    };
+    let mut placed = Vec::new();
+    {
+        let _a0 = c.start_agent(0, &conf(&c, 0), 2).unwrap();
+        let _a1 = c.start_agent(1, &conf(&c, 1), 2).unwrap();
+        placed.push(place(&c, 0, "blue", NETS[0].1, &json!({}), false));
+        placed.push(place(&c, 1, "blue", NETS[0].1, &json!({}), false));
+        assert_eq!(owners(&c), 2);
+        wipe(&c);
+        let t0 = std::time::Instant::now();
+        while owners(&c) < 2 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "reservations not restored"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "after a wipe, the agents restored 2 reservations in {:?}",
+            t0.elapsed()
+        );
+        c.wait_tunnels(0, 1, Duration::from_secs(5)).unwrap();
+        let record = || {
+            c.etcd
+                .ctl(
+                    &c.fabric.netns,
+                    &["get", "/weft/v1/networks/blue", "--print-value-only"],
+                )
+                .unwrap()
+        };
+        let t0 = std::time::Instant::now();
+        while record().trim().is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the network record stayed away"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(placed[0].c.netns.ping(&placed[1].ip));
+        for h in [0, 1, 1, 0] {
+            placed.push(place(&c, h, "blue", NETS[0].1, &json!({}), false));
+        }
+    }
+    let ips: std::collections::HashSet<&String> = placed.iter().map(|p| &p.ip).collect();
+    assert_eq!(ips.len(), placed.len(), "an address handed out twice");
+    assert_eq!(owners(&c), placed.len());
+
+    // No agents now: the operator repairs by hand.
+    wipe(&c);
+    assert_eq!(owners(&c), 0);
+    for h in 0..2 {
+        let out = c
+            .weftctl(h, &conf(&c, h), &["ipam", "repair", "--json"])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["outcome"] == "restored"),
+            "{v}"
+        );
+    }
+    assert_eq!(owners(&c), placed.len());
+    let again = c
+        .weftctl(0, &conf(&c, 0), &["ipam", "repair", "--json"])
+        .unwrap();
+    let v: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "present"),
+        "{v}"
+    );
+    // New ADDs after the repair get other addresses.
+    let more = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    assert!(
+        !ips.contains(&more.ip),
+        "{} was a running container's",
+        more.ip
+    );
+}
+
 #[test]
 fn one_broadcast_reaches_every_other_host_exactly_once() {
     let _g = serial();

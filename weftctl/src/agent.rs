@@ -48,7 +48,7 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
         return Ok(0);
     }
     let ports = ovs.port_tags(&[]).map_err(cni)?;
-    let mut vnis = reassert(store, &ports, me)?;
+    let mut vnis = reassert(store, &ports, me, &l.weft.network, l.overlay()?)?;
     let nets = registry::networks_of(store, me).map_err(cni)?;
     let mut changed = 0;
     for net in &nets {
@@ -84,6 +84,8 @@ fn reassert(
     store: &mut EtcdStore,
     ports: &[weft::ovs::FoundPort],
     me: &str,
+    own_net: &str,
+    o: &weft::overlay::config::Overlay,
 ) -> Result<HashMap<String, u32>> {
     let local = vnis::on_bridge(ports);
     let mut moved = HashMap::new();
@@ -124,6 +126,34 @@ fn reassert(
         tracing::warn!(?fix, "the registry lacked a VNI in use on this bridge");
         if let vnis::Fix::Rehome { .. } = fix {
             moved.insert(net.clone(), vni);
+        }
+    }
+    // The conflist's own network gets its record back too (its tunnel
+    // settings are in the conflist), so tunnels return without waiting for
+    // an ADD. Other networks' records come back at their next ADD.
+    if let Some(vni) = moved.get(own_net).or(local.get(own_net)).copied() {
+        if !records.contains(own_net) {
+            let rec = registry::NetworkRecord {
+                vni,
+                tunnel: o.tunnel,
+                port: o.port,
+            };
+            let put = store
+                .txn(
+                    &[
+                        Compare::Absent(registry::network_key(own_net)),
+                        Compare::ValueIs(registry::vni_key(vni), own_net.as_bytes().to_vec()),
+                    ],
+                    &[Write::Put(
+                        registry::network_key(own_net),
+                        registry::to_vec(&rec),
+                    )],
+                    &[],
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if put.succeeded {
+                tracing::warn!(network = %own_net, vni, "network record was missing from the registry; restored");
+            }
         }
     }
     // This host is still a member of every network it has ports of, so
@@ -273,6 +303,18 @@ pub fn run(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
     }
 }
 
+fn repair_reservations(l: &Loaded) {
+    match crate::repair::run(l) {
+        Ok(done) => {
+            for r in done.iter().filter(|r| r.outcome != "present") {
+                tracing::warn!(network = %r.network, container = %r.container_id,
+                    ifname = %r.ifname, ips = ?r.ips, outcome = %r.outcome, "reservation repair");
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "reservation repair failed"),
+    }
+}
+
 /// Writes when this node was last alive, without a lease: `weftctl gc`
 /// measures a missing node's absence from it.
 fn say_alive(store: &mut EtcdStore, node: &str) -> Result<()> {
@@ -313,6 +355,7 @@ fn session(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
     };
     register(&store, &mut client).context("registering")?;
     say_alive(&mut store, &me.name)?;
+    repair_reservations(l);
     // The lease is kept alive on a thread of its own, with its own etcd
     // connection: a reconcile blocked on a stalled ovsdb-server (up to its
     // 10 s timeout) must not let a 5 s lease lapse.
@@ -395,7 +438,12 @@ fn session(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
             Wake::KeepAliveLost => bail!("lost the watch"),
             Wake::Watch(lost) => {
                 if lost {
+                    // Our registration deleted: an operator, a lapsed
+                    // lease, or a wiped etcd. The last takes the
+                    // reservations too: put back those of live attachments
+                    // before anyone is handed their addresses.
                     register(&store, &mut client).context("registering again")?;
+                    repair_reservations(l);
                 }
                 let n = reconcile_all(l, &mut store)?;
                 if n > 0 {

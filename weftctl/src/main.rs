@@ -8,6 +8,7 @@ mod conf;
 mod doctor;
 mod inspect;
 mod install;
+mod repair;
 mod table;
 mod upkeep;
 
@@ -40,6 +41,11 @@ enum Cmd {
     Ips { network: Option<String> },
     /// This host's tunnel ports.
     Tunnels,
+    /// weft-ipam upkeep on this host.
+    Ipam {
+        #[command(subcommand)]
+        cmd: IpamCmd,
+    },
     /// Collects ports of vanished containers here, and addresses of hosts
     /// that have been gone longer than the grace period.
     Gc {
@@ -89,6 +95,14 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum IpamCmd {
+    /// Puts back the reservations of this host's live attachments that etcd
+    /// lacks (after a wipe or a restore), from the ports and their
+    /// namespaces; exits 1 when an address is held by another attachment.
+    Repair,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if matches!(cli.cmd, Cmd::Agent { .. }) {
@@ -117,6 +131,9 @@ fn main() -> ExitCode {
         Cmd::Networks => inspect::networks(&l, cli.json).map(|_| true),
         Cmd::Ips { network } => inspect::ips(&l, network.as_deref(), cli.json).map(|_| true),
         Cmd::Tunnels => inspect::tunnels(&l, cli.json).map(|_| true),
+        Cmd::Ipam {
+            cmd: IpamCmd::Repair,
+        } => repair::cli(&l, cli.json),
         Cmd::Gc {
             node_grace,
             forget_node,

@@ -142,13 +142,19 @@ impl Orphans {
         nets.extend(registry::networks_of(&mut store, &o.node).map_err(cni)?);
         let mut orphaned = BTreeSet::new();
         let mut released = 0;
+        let mut held_anywhere = BTreeSet::new();
+        let mut ipam_nets = BTreeSet::new();
         for net in &nets {
             let Ok(cfg) = l.ipam(Some(net)) else {
                 continue;
             };
             let mut store = weft_ipam::etcd::EtcdStore::connect(&cfg.etcd).map_err(cni)?;
             let held = Allocator::new(&cfg, &mut store).list().map_err(cni)?;
+            ipam_nets.insert(net.clone());
             let mut seen = BTreeSet::new();
+            for (_, h) in &held {
+                held_anywhere.insert((net.clone(), h.container_id.clone(), h.ifname.clone()));
+            }
             for (_, h) in held {
                 let key = (net.clone(), h.container_id.clone(), h.ifname.clone());
                 if h.node != o.node || live.contains(&key) || !seen.insert(key.clone()) {
@@ -189,6 +195,20 @@ impl Orphans {
             }
         }
         self.since.retain(|k, _| orphaned.contains(k));
+        // A live attachment with no reservation: etcd lost it (wiped or
+        // restored under us). Put it back before anyone is handed it.
+        if live
+            .iter()
+            .any(|k| ipam_nets.contains(&k.0) && !held_anywhere.contains(k))
+        {
+            for r in crate::repair::run(l)?
+                .iter()
+                .filter(|r| r.outcome != "present")
+            {
+                tracing::warn!(network = %r.network, container = %r.container_id,
+                    ifname = %r.ifname, ips = ?r.ips, outcome = %r.outcome, "reservation repair");
+            }
+        }
         let vanished = r.doc.iter().filter(|d| d["action"] == "released").count();
         Ok(released + vanished)
     }
