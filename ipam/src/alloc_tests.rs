@@ -623,3 +623,52 @@ fn a_nearly_full_ipv6_120_hands_out_its_last_addresses_then_runs_dry() {
     assert_eq!(200 + mine + rivals, 254);
     assert!(!unique.contains(&ip("fd00:2::")) && !unique.contains(&ip("fd00:2::1")));
 }
+
+#[test]
+fn an_empty_block_goes_back_and_its_node_claims_another_cleanly() {
+    let c = cfg("a", v4("10.80.0.0/24"));
+    let mut s = MemStore::default();
+    let mut hints = MemHints::default();
+    add_with(&c, &mut s, "c0", &mut hints);
+    let first = hints.blocks().unwrap()[0];
+    assert!(Allocator::new(&c, &mut s)
+        .empty_blocks_of("a")
+        .unwrap()
+        .is_empty());
+    assert!(Allocator::new(&c, &mut s).del("c0", "eth0").unwrap());
+    assert_eq!(
+        Allocator::new(&c, &mut s).empty_blocks_of("a").unwrap(),
+        vec![first]
+    );
+    // Another node's claim is not ours to release.
+    assert!(!Allocator::new(&c, &mut s)
+        .release_block("b", &first)
+        .unwrap());
+    assert!(Allocator::new(&c, &mut s)
+        .release_block("a", &first)
+        .unwrap());
+    assert!(!s
+        .data
+        .keys()
+        .any(|k| k.contains("/blocks/") || k.contains("/nodes/")));
+    // The cache still names the released block: the next ADD finds out in
+    // its first round trip and claims a block again, in at most 3.
+    let before = s.round_trips();
+    add_with(&c, &mut s, "c1", &mut hints);
+    assert!(
+        s.round_trips() - before <= 3,
+        "{}",
+        s.round_trips() - before
+    );
+    assert_eq!(hints.blocks().unwrap().len(), 1);
+    assert_eq!(s.data.keys().filter(|k| k.contains("/blocks/")).count(), 1);
+    // A node gone for good gives every block back.
+    let b = cfg("b", v4("10.80.0.0/24"));
+    add(&b, &mut s, "b0").unwrap();
+    Allocator::new(&b, &mut s).del("b0", "eth0").unwrap();
+    assert_eq!(
+        Allocator::new(&b, &mut s).release_blocks_of("b").unwrap(),
+        1
+    );
+    assert!(!s.data.keys().any(|k| k.contains("/nodes/b/")));
+}

@@ -214,4 +214,84 @@ impl<S: Store> Allocator<'_, S> {
             })
             .collect())
     }
+
+    /// `node`'s blocks (from its index) with no reservation inside.
+    pub fn empty_blocks_of(&mut self, node: &str) -> Result<Vec<IpNet>> {
+        let index = self
+            .store
+            .read(&[Read::prefix(&self.keys.node_blocks(node))])
+            .map_err(store_err)?;
+        let blocks: Vec<IpNet> = index[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        if blocks.is_empty() {
+            return Ok(blocks);
+        }
+        let counts: Vec<Read> = blocks
+            .iter()
+            .map(|b| match self.keys.ips_in(b) {
+                Read::Range { start, end } => Read::Count { start, end },
+                other => other,
+            })
+            .collect();
+        let counts = self.store.read(&counts).map_err(store_err)?;
+        Ok(blocks
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, c)| c.count == 0)
+            .map(|(b, _)| b)
+            .collect())
+    }
+
+    /// Gives `block` back to the pool if `node` still holds it. An ADD
+    /// racing this cannot duplicate an address: every reservation also
+    /// requires its address key absent. At worst it reserves in a block
+    /// nobody holds, which its owner record still covers.
+    pub fn release_block(&mut self, node: &str, block: &IpNet) -> Result<bool> {
+        let r = self
+            .store
+            .txn(
+                &[Compare::ValueIs(
+                    self.keys.block(block),
+                    node.as_bytes().to_vec(),
+                )],
+                &[
+                    Write::Delete(self.keys.block(block)),
+                    Write::Delete(self.keys.node_block(node, block)),
+                ],
+                &[],
+            )
+            .map_err(store_err)?;
+        if r.succeeded {
+            tracing::info!(block = %block, node = %node, "released block");
+        }
+        Ok(r.succeeded)
+    }
+
+    /// Every block `node` holds (for a node that is gone for good).
+    pub fn release_blocks_of(&mut self, node: &str) -> Result<usize> {
+        let index = self
+            .store
+            .read(&[Read::prefix(&self.keys.node_blocks(node))])
+            .map_err(store_err)?;
+        let blocks: Vec<IpNet> = index[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        let mut n = 0;
+        for b in &blocks {
+            if self.release_block(node, b)? {
+                n += 1;
+            } else {
+                // Someone else holds it now: only our index entry goes.
+                self.store
+                    .txn(&[], &[Write::Delete(self.keys.node_block(node, b))], &[])
+                    .map_err(store_err)?;
+            }
+        }
+        Ok(n)
+    }
 }

@@ -458,6 +458,58 @@ fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
     );
 }
 
+/// A block that has held no reservation for the grace period goes back to
+/// the pool (the agent, `--block-grace 1s` here); the node's next ADD
+/// claims one again.
+#[test]
+fn an_empty_block_goes_back_to_the_pool() {
+    let _g = serial();
+    let c = Cluster::new("blk", 1).unwrap();
+    let net = c.network(0, "blue", NETS[0].1, json!({}));
+    let _a =
+        weft_harness::cluster::start_agent_with(&c.hosts[0], &net, 2, &["--block-grace", "1s"])
+            .unwrap();
+    let blocks = || {
+        c.etcd
+            .ctl(
+                &c.fabric.netns,
+                &[
+                    "get",
+                    "--prefix",
+                    "/weft/v1/ipam/blue/blocks/",
+                    "--keys-only",
+                ],
+            )
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    let p = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    assert_eq!(blocks(), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(blocks(), 1, "a block in use stays");
+    let out = net
+        .del(&c.hosts[0], &p.c.id, Some(p.c.path()), "eth0", None)
+        .unwrap();
+    assert!(out.success, "{}", out.stdout);
+    let t0 = std::time::Instant::now();
+    while blocks() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the empty block stayed claimed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "the empty block went back {:?} after the DEL (grace 1 s)",
+        t0.elapsed()
+    );
+    let again = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    assert_eq!(blocks(), 1);
+    assert!(!again.ip.is_empty());
+}
+
 #[test]
 fn one_broadcast_reaches_every_other_host_exactly_once() {
     let _g = serial();

@@ -285,14 +285,23 @@ fn run_local(l: &Loaded) -> Result<()> {
 
 /// Runs until SIGTERM or SIGINT, then gives up the lease so peers drop this
 /// host's tunnels at once rather than when the lease runs out.
-pub fn run(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
+/// How long the node-local reconciler waits before it releases.
+#[derive(Debug, Clone, Copy)]
+pub struct Graces {
+    /// A reservation with no live attachment.
+    pub orphan: Duration,
+    /// A block of this node's with no reservation.
+    pub block: Duration,
+}
+
+pub fn run(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
     watch_firewall(l)?;
     if l.weft.overlay.is_none() {
         return run_local(l);
     }
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(l, ttl, orphan_grace) {
+        match session(l, ttl, graces) {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "agent session ended; starting again");
@@ -325,7 +334,7 @@ fn say_alive(store: &mut EtcdStore, node: &str) -> Result<()> {
     Ok(())
 }
 
-fn session(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
+fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
     let o = l.overlay()?.clone();
     let nl = Netlink::new().map_err(cni)?;
     let u = underlay::detect(&nl, &o).map_err(cni)?;
@@ -380,7 +389,8 @@ fn session(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
 
     let mut next_resync = Instant::now() + RESYNC;
     let mut orphans = crate::upkeep::Orphans::default();
-    let orphan_every = (orphan_grace / 2).clamp(Duration::from_millis(500), RESYNC);
+    let orphan_every =
+        (graces.orphan.min(graces.block) / 2).clamp(Duration::from_millis(500), RESYNC);
     let mut next_orphans = Instant::now();
     loop {
         let until = tokio::time::Instant::from_std(
@@ -454,7 +464,7 @@ fn session(l: &Loaded, ttl: i64, orphan_grace: Duration) -> Result<()> {
         }
         let now = Instant::now();
         if now >= next_orphans {
-            match orphans.pass(l, orphan_grace) {
+            match orphans.pass(l, graces.orphan, graces.block) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     released = n,

@@ -76,6 +76,10 @@ enum Cmd {
         /// releases it.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         orphan_grace: std::time::Duration,
+        /// How long one of this host's address blocks must have held no
+        /// reservation before the agent gives it back to the pool.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        block_grace: std::time::Duration,
     },
     /// Installs weft, weft-ipam and weftctl (and conflists) atomically: the
     /// DaemonSet's install step, and the host install. Reads no --conf.
@@ -142,7 +146,19 @@ fn main() -> ExitCode {
         Cmd::Cleanup { keep_registration } => {
             upkeep::cleanup(&l, *keep_registration, cli.json).map(|_| true)
         }
-        Cmd::Agent { ttl, orphan_grace } => agent::run(&l, *ttl, *orphan_grace).map(|_| true),
+        Cmd::Agent {
+            ttl,
+            orphan_grace,
+            block_grace,
+        } => agent::run(
+            &l,
+            *ttl,
+            agent::Graces {
+                orphan: *orphan_grace,
+                block: *block_grace,
+            },
+        )
+        .map(|_| true),
         Cmd::Install { .. } => unreachable!("answered before the conflist is read"),
     });
     match outcome {

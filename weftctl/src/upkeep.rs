@@ -111,11 +111,14 @@ fn collect_vanished(l: &Loaded, ovs: &mut Ovs, r: &mut Report) -> Result<()> {
 #[derive(Default)]
 pub struct Orphans {
     since: HashMap<(String, String, String), Instant>,
+    empty_since: HashMap<(String, ipnet::IpNet), Instant>,
 }
 
 impl Orphans {
-    /// One pass; returns how many reservations it released.
-    pub fn pass(&mut self, l: &Loaded, grace: Duration) -> Result<usize> {
+    /// One pass; returns how many reservations it released. This node's
+    /// blocks that have held no reservation for `block_grace` go back to
+    /// the pool too.
+    pub fn pass(&mut self, l: &Loaded, grace: Duration, block_grace: Duration) -> Result<usize> {
         let Some(o) = &l.weft.overlay else {
             return Ok(0);
         };
@@ -195,6 +198,28 @@ impl Orphans {
             }
         }
         self.since.retain(|k, _| orphaned.contains(k));
+        let mut empty = BTreeSet::new();
+        for net in &ipam_nets {
+            let Ok(cfg) = l.ipam(Some(net)) else {
+                continue;
+            };
+            let mut store = weft_ipam::etcd::EtcdStore::connect(&cfg.etcd).map_err(cni)?;
+            let mut alloc = Allocator::new(&cfg, &mut store);
+            for b in alloc.empty_blocks_of(&o.node).map_err(cni)? {
+                let key = (net.clone(), b);
+                let first = *self
+                    .empty_since
+                    .entry(key.clone())
+                    .or_insert_with(Instant::now);
+                empty.insert(key);
+                if first.elapsed() >= block_grace
+                    && alloc.release_block(&o.node, &b).map_err(cni)?
+                {
+                    tracing::info!(network = %net, block = %b, "released a block empty for the grace period");
+                }
+            }
+        }
+        self.empty_since.retain(|k, _| empty.contains(k));
         // A live attachment with no reservation: etcd lost it (wiped or
         // restored under us). Put it back before anyone is handed it.
         if live
@@ -347,6 +372,15 @@ pub fn gc(l: &Loaded, grace: Duration, forget: &[String], json: bool) -> Result<
             }
             for net in nets {
                 release(l, net, node, None, &mut r)?;
+                if let Ok(cfg) = l.ipam(Some(net)) {
+                    let mut store = weft_ipam::etcd::EtcdStore::connect(&cfg.etcd).map_err(cni)?;
+                    let n = Allocator::new(&cfg, &mut store)
+                        .release_blocks_of(node)
+                        .map_err(cni)?;
+                    if n > 0 {
+                        r.add("released", "blocks", format!("{n} of {node} on {net}"));
+                    }
+                }
             }
             // Gone for good: its memberships and its clock go too, so peers
             // and later runs stop counting it. It comes back as a new node.
