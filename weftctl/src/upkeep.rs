@@ -272,11 +272,7 @@ pub fn presence(live: bool, seen: Option<u64>, now: u64, grace: Duration) -> Pre
     }
 }
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use weft::overlay::registry::unix_now;
 
 /// Attachments on this host whose veth is gone (a container that vanished
 /// without a DEL), and reservations of nodes that have been gone longer than

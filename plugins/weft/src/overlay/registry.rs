@@ -37,6 +37,16 @@ pub fn seen_key(node: &str) -> String {
 pub fn seen_prefix() -> String {
     format!("{ROOT}seen/")
 }
+
+/// An agent that has not written `seen/` for this long (it does every
+/// 30 s) is taken for gone.
+pub const AGENT_SILENCE: std::time::Duration = std::time::Duration::from_secs(90);
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 pub fn network_key(net: &str) -> String {
     format!("{ROOT}networks/{net}")
 }
@@ -160,8 +170,14 @@ pub fn join_with(
                 Read::Key(member_key(net, &me.name)),
                 Read::prefix(&members_prefix(net)),
                 Read::prefix(&nodes_prefix()),
+                Read::Key(seen_key(&me.name)),
             ])
             .map_err(store_err)?;
+        let agent_alive = r[4]
+            .kvs
+            .first()
+            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok())
+            .is_some_and(|t| unix_now().saturating_sub(t) < AGENT_SILENCE.as_secs());
         let network = decode_network(&r[0]);
         let nodes = decode_nodes(&r[3]);
         let mut compares = Vec::new();
@@ -224,6 +240,13 @@ pub fn join_with(
                 compares.push(Compare::ModRevision(node_key(&me.name), rev));
                 writes.push(Write::PutLeased(node_key(&me.name), to_vec(me), lease));
             }
+            // This host's agent spoke lately: registration is its job, under
+            // its lease (it is between sessions, or its lease just lapsed).
+            // A registration written here would have no lease and outlive
+            // the host.
+            None if agent_alive => {}
+            // No agent here: the registration lasts until `weftctl cleanup`
+            // or `weftctl gc --forget-node`.
             None => {
                 compares.push(Compare::Absent(node_key(&me.name)));
                 writes.push(Write::Put(node_key(&me.name), to_vec(me)));
@@ -424,6 +447,24 @@ mod tests {
         assert_eq!(s.leases.get(&node_key("a")), Some(&42));
         let v = view(&mut s, "blue", "b").unwrap().unwrap();
         assert_eq!(v.peers, vec![node("a", "10.0.0.7")]);
+    }
+
+    #[test]
+    fn a_host_whose_agent_spoke_lately_is_registered_only_by_its_agent() {
+        let mut s = MemStore::default();
+        let o = overlay(json!({}));
+        let said = |s: &mut MemStore, t: u64| {
+            s.txn(&[], &[Write::Put(seen_key("a"), t.to_string().into_bytes())], &[])
+                .unwrap();
+        };
+        said(&mut s, unix_now());
+        join(&mut s, "blue", &o, &node("a", "10.0.0.2")).unwrap();
+        assert!(!s.data.contains_key(&node_key("a")), "no lease-less registration");
+        assert!(s.data.contains_key(&member_key("blue", "a")));
+        // An agent silent for long is gone: the host registers itself.
+        said(&mut s, unix_now() - AGENT_SILENCE.as_secs() - 1);
+        join(&mut s, "blue", &o, &node("a", "10.0.0.2")).unwrap();
+        assert!(s.data.contains_key(&node_key("a")));
     }
 
     #[test]
