@@ -215,17 +215,22 @@ impl<S: Store> Allocator<'_, S> {
             .collect())
     }
 
-    /// `node`'s blocks (from its index) with no reservation inside.
-    pub fn empty_blocks_of(&mut self, node: &str) -> Result<Vec<IpNet>> {
+    /// `node`'s blocks, from its index.
+    fn index_of(&mut self, node: &str) -> Result<Vec<IpNet>> {
         let index = self
             .store
             .read(&[Read::prefix(&self.keys.node_blocks(node))])
             .map_err(store_err)?;
-        let blocks: Vec<IpNet> = index[0]
+        Ok(index[0]
             .kvs
             .iter()
             .filter_map(|kv| parse_block_key(&kv.key))
-            .collect();
+            .collect())
+    }
+
+    /// `node`'s blocks (from its index) with no reservation inside.
+    pub fn empty_blocks_of(&mut self, node: &str) -> Result<Vec<IpNet>> {
+        let blocks = self.index_of(node)?;
         if blocks.is_empty() {
             return Ok(blocks);
         }
@@ -272,15 +277,7 @@ impl<S: Store> Allocator<'_, S> {
 
     /// Every block `node` holds (for a node that is gone for good).
     pub fn release_blocks_of(&mut self, node: &str) -> Result<usize> {
-        let index = self
-            .store
-            .read(&[Read::prefix(&self.keys.node_blocks(node))])
-            .map_err(store_err)?;
-        let blocks: Vec<IpNet> = index[0]
-            .kvs
-            .iter()
-            .filter_map(|kv| parse_block_key(&kv.key))
-            .collect();
+        let blocks = self.index_of(node)?;
         let mut n = 0;
         for b in &blocks {
             if self.release_block(node, b)? {

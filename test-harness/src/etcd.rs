@@ -176,6 +176,16 @@ impl Etcd {
     }
 
     /// `etcdctl` against this cluster, run inside the fabric namespace.
+    /// The keys under `prefix`, through etcdctl.
+    pub fn keys(&self, fabric: &Netns, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .ctl(fabric, &["get", "--prefix", prefix, "--keys-only"])?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
     pub fn ctl(&self, fabric: &Netns, args: &[&str]) -> Result<String> {
         let mut cmd = fabric.command("etcdctl")?;
         cmd.env("ETCDCTL_API", "3")

@@ -153,20 +153,10 @@ fn sibling_processes_on_one_node_never_lose_a_block_from_the_cache() {
     }
     let unique: HashSet<&String> = granted.iter().collect();
     assert_eq!(unique.len(), 90);
-    let out = etcd
-        .ctl(
-            &fabric.netns,
-            &[
-                "get",
-                "--prefix",
-                "/weft/v1/ipam/sib/nodes/n0/",
-                "--keys-only",
-            ],
-        )
-        .unwrap();
-    let index: HashSet<String> = out
-        .lines()
-        .filter(|l| !l.is_empty())
+    let index: HashSet<String> = etcd
+        .keys(&fabric.netns, "/weft/v1/ipam/sib/nodes/n0/")
+        .unwrap()
+        .iter()
         .filter_map(|k| {
             // "…/4-0a5a0008-29": hex address and prefix.
             let mut parts = k.rsplit('/').next()?.split('-').skip(1);

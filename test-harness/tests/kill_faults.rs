@@ -13,6 +13,7 @@ use weft_harness::runtime::{first_address, Call};
 use weft_harness::{cleanup, require_root, Attach, Container};
 
 const TRIALS: usize = 200;
+const OWNERS: &str = "/weft/v1/ipam/blue/owners/";
 
 struct Rng(u64);
 
@@ -149,19 +150,8 @@ fn kill_9_during_add_or_del_leaves_nothing_once_the_agent_reconciles() {
             followed += 1;
             // What this trial left: this container's own keys and ports.
             let l = {
-                let out = c
-                    .etcd
-                    .ctl(
-                        &c.fabric.netns,
-                        &[
-                            "get",
-                            "--prefix",
-                            "/weft/v1/ipam/blue/owners/",
-                            "--keys-only",
-                        ],
-                    )
-                    .unwrap();
-                out.lines().filter(|k| k.contains(&ct.id)).count()
+                let owners = c.etcd.keys(&c.fabric.netns, OWNERS).unwrap();
+                owners.iter().filter(|k| k.contains(&ct.id)).count()
                     + host
                         .ovs
                         .ports()
@@ -202,21 +192,10 @@ fn kill_9_during_add_or_del_leaves_nothing_once_the_agent_reconciles() {
     assert_eq!(now, Left::default());
     // Bystanders kept their addresses and reach each other across hosts.
     assert!(by[0].netns.ping(&by_ips[1]) && by[1].netns.ping(&by_ips[0]));
-    let held = c
-        .etcd
-        .ctl(
-            &c.fabric.netns,
-            &[
-                "get",
-                "--prefix",
-                "/weft/v1/ipam/blue/owners/",
-                "--keys-only",
-            ],
-        )
-        .unwrap();
+    let held = c.etcd.keys(&c.fabric.netns, OWNERS).unwrap();
     for id in &by_ids {
         assert!(
-            held.contains(id.as_str()),
+            held.iter().any(|k| k.contains(id.as_str())),
             "bystander {id} lost its address"
         );
     }

@@ -454,12 +454,19 @@ mod tests {
         let mut s = MemStore::default();
         let o = overlay(json!({}));
         let said = |s: &mut MemStore, t: u64| {
-            s.txn(&[], &[Write::Put(seen_key("a"), t.to_string().into_bytes())], &[])
-                .unwrap();
+            s.txn(
+                &[],
+                &[Write::Put(seen_key("a"), t.to_string().into_bytes())],
+                &[],
+            )
+            .unwrap();
         };
         said(&mut s, unix_now());
         join(&mut s, "blue", &o, &node("a", "10.0.0.2")).unwrap();
-        assert!(!s.data.contains_key(&node_key("a")), "no lease-less registration");
+        assert!(
+            !s.data.contains_key(&node_key("a")),
+            "no lease-less registration"
+        );
         assert!(s.data.contains_key(&member_key("blue", "a")));
         // An agent silent for long is gone: the host registers itself.
         said(&mut s, unix_now() - AGENT_SILENCE.as_secs() - 1);
