@@ -24,7 +24,10 @@ use weft_cni::error::{self, Error, Result};
 
 /// Files untouched for this long are swept by DEL: no operation lives
 /// longer than the 60 s `timeoutMs` allows.
-const SWEEP_AFTER: Duration = Duration::from_secs(600);
+const SWEEP_AFTER: Duration = Duration::from_secs(120);
+/// One DEL in this many sweeps: a sweep stats every file of two minutes of
+/// churn, which would otherwise be most of a DEL's own cost.
+const SWEEP_ONE_IN: u32 = 32;
 
 /// The lock of one attachment, held until dropped.
 #[derive(Debug)]
@@ -91,7 +94,7 @@ impl Turn {
             let _ = f.rewind();
             let _ = f.write_all(now.to_string().as_bytes());
         }
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = path.parent().filter(|_| sweep_now()) {
             sweep(dir, path);
         }
         Ok(t)
@@ -104,6 +107,13 @@ impl Turn {
         f.read_to_string(&mut s).ok()?;
         s.trim().parse().ok()
     }
+}
+
+fn sweep_now() -> bool {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id()) % SWEEP_ONE_IN == 0
 }
 
 /// Removes turn files nobody has touched for SWEEP_AFTER.

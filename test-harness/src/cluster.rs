@@ -116,8 +116,17 @@ impl Cluster {
 
     /// A cluster whose underlay links have `mtu`.
     pub fn with_underlay_mtu(label: &str, hosts: usize, mtu: u32) -> Result<Self> {
+        Self::build(label, hosts, mtu, 1)
+    }
+
+    /// A cluster whose etcd has `members` members (3 where failover matters).
+    pub fn with_etcd_members(label: &str, hosts: usize, members: usize) -> Result<Self> {
+        Self::build(label, hosts, 1500, members)
+    }
+
+    fn build(label: &str, hosts: usize, mtu: u32, members: usize) -> Result<Self> {
         let fabric = Fabric::with_mtu(label, mtu)?;
-        let etcd = Etcd::start(&fabric.netns, 1, None)?;
+        let etcd = Etcd::start(&fabric.netns, members, None)?;
         let mut c = Cluster {
             label: label.to_string(),
             hosts: Vec::new(),

@@ -135,6 +135,26 @@ impl Etcd {
         self.members[i].proc = None;
     }
 
+    /// The index of the member that leads now.
+    pub fn leader(&self, fabric: &Netns) -> Result<usize> {
+        let out = self.ctl(fabric, &["endpoint", "status", "-w", "json"])?;
+        let doc: serde_json::Value = serde_json::from_str(&out)?;
+        let list = doc.as_array().context("endpoint status is not a list")?;
+        let leader_id = list
+            .first()
+            .and_then(|m| m["Status"]["leader"].as_u64())
+            .context("no leader in endpoint status")?;
+        let endpoint = list
+            .iter()
+            .find(|m| m["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
+            .and_then(|m| m["Endpoint"].as_str())
+            .context("the leader answered no status")?;
+        self.members
+            .iter()
+            .position(|m| m.client_url == endpoint)
+            .context("the leader is not one of ours")
+    }
+
     /// Kills member `i` at once, as a crash would.
     pub fn kill_member(&mut self, i: usize) {
         if let Some((child, _token)) = self.members[i].proc.take() {

@@ -226,26 +226,6 @@ fn etcd_down_is_code_11_in_time_and_reserves_nothing() {
 }
 
 /// The id of the member that leads, as its index in `etcd.members`.
-fn leader(etcd: &Etcd, fabric: &Fabric) -> usize {
-    let out = etcd
-        .ctl(&fabric.netns, &["endpoint", "status", "-w", "json"])
-        .unwrap();
-    let doc: Value = serde_json::from_str(&out).unwrap();
-    let list = doc.as_array().unwrap();
-    let leader_id = list[0]["Status"]["leader"].as_u64().unwrap();
-    let endpoint = list
-        .iter()
-        .find(|m| m["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
-        .unwrap()["Endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    etcd.members
-        .iter()
-        .position(|m| m.client_url == endpoint)
-        .unwrap()
-}
-
 #[test]
 fn leader_killed_during_concurrent_adds() {
     require_root();
@@ -275,7 +255,7 @@ fn leader_killed_during_concurrent_adds() {
         }
     }
     std::thread::sleep(Duration::from_millis(150));
-    let killed = leader(&etcd, &fabric);
+    let killed = etcd.leader(&fabric.netns).unwrap();
     etcd.kill_member(killed);
 
     let (granted, codes) = outcomes(running);

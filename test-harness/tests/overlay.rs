@@ -450,6 +450,42 @@ fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
     );
 }
 
+/// A 3-member etcd whose leader is killed: the agents' leases and
+/// registrations carry on (a broken keepalive starts a new session, whose
+/// registration replaces the old one), and peers keep their tunnels.
+#[test]
+fn agents_stay_registered_when_the_etcd_leader_is_killed() {
+    let _g = serial();
+    let mut c = Cluster::with_etcd_members("lead", 2, 3).unwrap();
+    let conf = |c: &Cluster, h| c.network(h, "blue", NETS[0].1, json!({}));
+    let _a0 = c.start_agent(0, &conf(&c, 0), 5).unwrap();
+    let _a1 = c.start_agent(1, &conf(&c, 1), 5).unwrap();
+    let a = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let b = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+    c.wait_tunnels(0, 1, Duration::from_secs(2)).unwrap();
+    let killed = c.etcd.leader(&c.fabric.netns).unwrap();
+    c.etcd.kill_member(killed);
+    let (mut polls, mut missing, mut tunnels_gone) = (0, 0, 0);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        let nodes = c
+            .etcd
+            .keys(&c.fabric.netns, "/weft/v1/nodes/")
+            .unwrap_or_default();
+        polls += 1;
+        missing += 2 - nodes.len().min(2);
+        tunnels_gone += usize::from(c.tunnels(0).unwrap().is_empty())
+            + usize::from(c.tunnels(1).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "leader (member {killed}) killed: {polls} polls in 8 s, registrations missing {missing}, tunnels missing {tunnels_gone}"
+    );
+    assert_eq!(missing, 0, "a registration lapsed");
+    assert_eq!(tunnels_gone, 0, "a peer dropped its tunnel");
+    assert!(a.c.netns.ping(&b.ip));
+}
+
 /// A block that has held no reservation for the grace period goes back to
 /// the pool (the agent, `--block-grace 1s` here); the node's next ADD
 /// claims one again.
