@@ -465,21 +465,22 @@ fn agents_stay_registered_when_the_etcd_leader_is_killed() {
     c.wait_tunnels(0, 1, Duration::from_secs(2)).unwrap();
     let killed = c.etcd.leader(&c.fabric.netns).unwrap();
     c.etcd.kill_member(killed);
-    let (mut polls, mut missing, mut tunnels_gone) = (0, 0, 0);
+    let (mut polls, mut missing, mut tunnels_gone, mut unanswered) = (0, 0, 0, 0);
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(8) {
-        let nodes = c
-            .etcd
-            .keys(&c.fabric.netns, "/weft/v1/nodes/")
-            .unwrap_or_default();
         polls += 1;
-        missing += 2 - nodes.len().min(2);
+        // etcdctl itself may find no leader for a moment: that says
+        // nothing of the registrations.
+        match c.etcd.keys(&c.fabric.netns, "/weft/v1/nodes/") {
+            Ok(nodes) => missing += 2 - nodes.len().min(2),
+            Err(_) => unanswered += 1,
+        }
         tunnels_gone += usize::from(c.tunnels(0).unwrap().is_empty())
             + usize::from(c.tunnels(1).unwrap().is_empty());
         std::thread::sleep(Duration::from_millis(250));
     }
     println!(
-        "leader (member {killed}) killed: {polls} polls in 8 s, registrations missing {missing}, tunnels missing {tunnels_gone}"
+        "leader (member {killed}) killed: {polls} polls in 8 s ({unanswered} unanswered by etcd), registrations missing {missing}, tunnels missing {tunnels_gone}"
     );
     assert_eq!(missing, 0, "a registration lapsed");
     assert_eq!(tunnels_gone, 0, "a peer dropped its tunnel");

@@ -505,21 +505,45 @@ impl Keeper {
         );
         let (stop2, lost2) = (stop.clone(), lost.clone());
         let every = Duration::from_millis((ttl as u64 * 1000) / 3);
+        let ttl_d = Duration::from_secs(ttl as u64);
         std::thread::spawn(move || {
+            let mut last_ok = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
-                let alive = store.block_on(async {
+                let answer = store.block_on(async {
                     keeper.keep_alive().await.ok()?;
-                    let r = tokio::time::timeout(every, kept.message())
+                    tokio::time::timeout(every, kept.message())
                         .await
                         .ok()?
-                        .ok()??;
-                    (r.ttl() > 0).then_some(())
+                        .ok()?
                 });
-                if alive.is_none() {
-                    lost2.store(true, Ordering::Relaxed);
-                    return;
+                match answer {
+                    Some(r) if r.ttl() > 0 => {
+                        last_ok = Instant::now();
+                        std::thread::sleep(every);
+                    }
+                    // The lease itself is gone: the session must start anew.
+                    Some(_) => break,
+                    // A broken stream (the member we spoke to died, a
+                    // leader election): the lease lives on in the cluster,
+                    // so keep it on a new stream rather than register anew,
+                    // until its TTL says it has lapsed.
+                    None => {
+                        if last_ok.elapsed() >= ttl_d {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                        if let Ok((k, s)) = store.block_on(async {
+                            tokio::time::timeout(every, client.lease_keep_alive(lease))
+                                .await
+                                .map_err(|_| etcd_client::Error::InvalidArgs("timed out".into()))?
+                        }) {
+                            (keeper, kept) = (k, s);
+                        }
+                    }
                 }
-                std::thread::sleep(every);
+            }
+            if !stop2.load(Ordering::Relaxed) {
+                lost2.store(true, Ordering::Relaxed);
             }
         });
         Ok(Keeper { stop, lost })
