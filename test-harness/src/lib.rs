@@ -30,3 +30,23 @@ pub fn require_root() {
         "these tests need root (network namespaces, OVS); run them as root"
     );
 }
+
+/// Polls `f` every `every` until it holds; panics naming `what` when it has
+/// not within `within`. Returns how long it took.
+#[allow(clippy::panic)]
+pub fn wait_for(
+    what: &str,
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(every);
+    }
+    t0.elapsed()
+}

@@ -6,7 +6,7 @@
 //! it would land (sockets and packet sockets in the target namespace), not
 //! by the sender's exit code.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_harness::cluster;
@@ -209,16 +209,8 @@ fn table(host: &Host) -> String {
         .unwrap_or_default()
 }
 
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < within,
-            "{what} did not happen within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t0.elapsed()
+fn wait_for(what: &str, within: Duration, f: impl FnMut() -> bool) -> Duration {
+    weft_harness::wait_for(what, within, Duration::from_millis(50), f)
 }
 
 #[test]

@@ -370,18 +370,13 @@ fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
         placed.push(place(&c, 1, "blue", NETS[0].1, &json!({}), false));
         assert_eq!(owners(&c), 2);
         wipe(&c);
-        let t0 = std::time::Instant::now();
-        while owners(&c) < 2 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "reservations not restored"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        println!(
-            "after a wipe, the agents restored 2 reservations in {:?}",
-            t0.elapsed()
+        let took = weft_harness::wait_for(
+            "the reservations' restore",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || owners(&c) >= 2,
         );
+        println!("after a wipe, the agents restored 2 reservations in {took:?}");
         c.wait_tunnels(0, 1, Duration::from_secs(5)).unwrap();
         let record = || {
             c.etcd
@@ -391,14 +386,12 @@ fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
                 )
                 .unwrap()
         };
-        let t0 = std::time::Instant::now();
-        while record().trim().is_empty() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "the network record stayed away"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        weft_harness::wait_for(
+            "the network record's return",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || !record().trim().is_empty(),
+        );
         assert!(placed[0].c.netns.ping(&placed[1].ip));
         for h in [0, 1, 1, 0] {
             placed.push(place(&c, h, "blue", NETS[0].1, &json!({}), false));
@@ -512,18 +505,13 @@ fn an_empty_block_goes_back_to_the_pool() {
         .del(&c.hosts[0], &p.c.id, Some(p.c.path()), "eth0", None)
         .unwrap();
     assert!(out.success, "{}", out.stdout);
-    let t0 = std::time::Instant::now();
-    while blocks() > 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the empty block stayed claimed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!(
-        "the empty block went back {:?} after the DEL (grace 1 s)",
-        t0.elapsed()
+    let took = weft_harness::wait_for(
+        "the empty block's release",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || blocks() == 0,
     );
+    println!("the empty block went back {took:?} after the DEL (grace 1 s)");
     let again = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
     assert_eq!(blocks(), 1);
     assert!(!again.ip.is_empty());
