@@ -31,6 +31,28 @@ pub fn require_root() {
     );
 }
 
+/// A process stopped with SIGSTOP (a stalled daemon) until this is
+/// dropped, on every exit path of a test.
+pub struct Stopped(i32);
+
+impl Stopped {
+    pub fn new(pid: u32) -> std::io::Result<Stopped> {
+        let pid = pid as i32;
+        // SAFETY: a signal to a process the caller started.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Stopped(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// Polls `f` every `every` until it holds; panics naming `what` when it has
 /// not within `within`. Returns how long it took.
 #[allow(clippy::panic)]

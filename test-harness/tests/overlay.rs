@@ -302,19 +302,8 @@ fn an_agent_keeps_its_registration_through_an_8s_stop_of_ovsdb_server() {
     c.wait_tunnels(0, 1, Duration::from_secs(2)).unwrap();
     c.wait_tunnels(1, 1, Duration::from_secs(2)).unwrap();
 
-    /// Lets the process go again on every exit path.
-    struct Continue(i32);
-    impl Drop for Continue {
-        fn drop(&mut self) {
-            // SAFETY: a signal to a process this test stopped.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let pid = c.hosts[0].ovs.pids().1.unwrap() as i32;
     let node_key = format!("/weft/v1/nodes/{}", c.hosts[0].label);
-    let stopped = Continue(pid);
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped = weft_harness::Stopped::new(c.hosts[0].ovs.pids().1.unwrap()).unwrap();
     // A registry change wakes h0's agent into a reconcile that waits on
     // the stopped ovsdb-server.
     c.etcd
@@ -342,6 +331,52 @@ fn an_agent_keeps_its_registration_through_an_8s_stop_of_ovsdb_server() {
     assert!(a.c.netns.ping(&b.ip));
 }
 
+/// A host's first ADD on a network runs while its agent, woken by the
+/// peer that joined the network just before, reconciles from a registry
+/// read that predates the ADD: the agent must not take the ADD's new
+/// tunnel for one of a network this host has left, and the ADD must not
+/// fail because of it.
+#[test]
+fn an_add_racing_its_own_agent_keeps_its_tunnels() {
+    let _g = serial();
+    let c = Cluster::new("race", 2).unwrap();
+    let _agents: Vec<_> = (0..2)
+        .map(|h| {
+            c.start_agent(h, &c.network(h, "blue", NETS[0].1, json!({})), 2)
+                .unwrap()
+        })
+        .collect();
+    const ROUNDS: usize = 24;
+    let (mut failed, mut short) = (Vec::new(), 0);
+    let mut pairs = Vec::new();
+    for i in 0..ROUNDS {
+        let (net, subnet) = (format!("n{i}"), format!("10.{}.0.0/16", 100 + i));
+        let a = place(&c, 0, &net, &subnet, &json!({}), false);
+        // h0's membership wakes h1's agent 100 ms after its write (the
+        // burst window): start h1's ADD at points across that window.
+        std::thread::sleep(Duration::from_millis((i as u64 * 37) % 90));
+        match c.place(1, &net, &subnet, &json!({}), false) {
+            Ok(b) => {
+                short += usize::from(c.tunnels(1).unwrap().len() < i + 1);
+                pairs.push((a, b));
+            }
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    println!(
+        "{ROUNDS} first ADDs racing their agent: {} failed, {short} returned without their tunnel",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(short, 0);
+    for h in 0..2 {
+        c.wait_tunnels(h, ROUNDS, Duration::from_secs(3)).unwrap();
+    }
+    for (a, b) in &pairs {
+        assert!(a.c.netns.ping(&b.ip), "{} -> {}", a.label(), b.label());
+    }
+}
+
 /// etcd wiped with containers running: the agents register again, put
 /// back the reservations of their live attachments (and their blocks) and
 /// the tunnels come back; new ADDs are never handed a running container's
@@ -365,19 +400,40 @@ fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
     let mut placed = Vec::new();
     {
         let _a0 = c.start_agent(0, &conf(&c, 0), 2).unwrap();
-        let _a1 = c.start_agent(1, &conf(&c, 1), 2).unwrap();
+        let a1 = c.start_agent(1, &conf(&c, 1), 2).unwrap();
         placed.push(place(&c, 0, "blue", NETS[0].1, &json!({}), false));
         placed.push(place(&c, 1, "blue", NETS[0].1, &json!({}), false));
         assert_eq!(owners(&c), 2);
-        wipe(&c);
+        for h in 0..2 {
+            c.wait_tunnels(h, 1, Duration::from_secs(2)).unwrap();
+        }
+        // Each host hears of the wipe and registers again on its own
+        // time, h1 half a second late (its agent stalled); meanwhile
+        // neither takes the other for gone.
+        let mut tunnel_gone = 0;
+        {
+            let _slow = weft_harness::Stopped::new(a1.pid().unwrap()).unwrap();
+            wipe(&c);
+            for _ in 0..25 {
+                tunnel_gone += usize::from(c.tunnels(0).unwrap().is_empty());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let took = weft_harness::wait_for(
             "the reservations' restore",
             Duration::from_secs(5),
             Duration::from_millis(20),
-            || owners(&c) >= 2,
+            || {
+                tunnel_gone += (0..2).filter(|&h| c.tunnels(h).unwrap().is_empty()).count();
+                owners(&c) >= 2
+            },
         );
         println!("after a wipe, the agents restored 2 reservations in {took:?}");
-        c.wait_tunnels(0, 1, Duration::from_secs(5)).unwrap();
+        for _ in 0..50 {
+            tunnel_gone += (0..2).filter(|&h| c.tunnels(h).unwrap().is_empty()).count();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(tunnel_gone, 0, "a tunnel dropped after the wipe");
         let record = || {
             c.etcd
                 .ctl(

@@ -17,7 +17,8 @@ use etcd_client::{PutOptions, WatchOptions};
 use tokio::signal::unix::{signal, SignalKind};
 use weft::link::Netlink;
 use weft::overlay::registry::{self, NodeRecord};
-use weft::overlay::{self, tunnels, underlay, vnis};
+use weft::overlay::tunnels::{self, Prune};
+use weft::overlay::{self, underlay, vnis};
 use weft::ovs::Ovs;
 use weft_ipam::etcd::EtcdStore;
 use weft_ipam::store::{Compare, Read, Store, Write};
@@ -30,14 +31,20 @@ const COALESCE: Duration = Duration::from_millis(100);
 
 enum Wake {
     Watch(bool),
-    KeepAliveLost,
+    WatchLost,
     Tick,
     Stop,
 }
 
 /// Brings every network this node belongs to in line with the registry, and
 /// drops tunnels of networks it no longer belongs to. Returns ports changed.
-pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
+///
+/// The ports are read before the registry, so every tunnel seen was made
+/// after its peer's record was written and a view that lacks the peer is
+/// newer than the tunnel: only such tunnels are removed (an ADD running
+/// now may add more, for peers newer than the view). `prune` limits the
+/// removals further while peers register again after a wipe.
+pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore, prune: Prune) -> Result<usize> {
     let me = &l.overlay()?.node;
     let bridge = &l.weft.bridge;
     store.renew();
@@ -50,24 +57,39 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore) -> Result<usize> {
     let ports = ovs.port_tags(&[]).map_err(cni)?;
     let mut vnis = reassert(store, &ports, me, &l.weft.network, l.overlay()?)?;
     let nets = registry::networks_of(store, me).map_err(cni)?;
+    let tunnels_of = |net: &str| -> Vec<tunnels::Existing> {
+        ports
+            .iter()
+            .filter(|p| p.id(tunnels::ids::TUNNEL_FOR) == Some(net))
+            .filter_map(|p| {
+                Some(tunnels::Existing {
+                    uuid: p.uuid.clone(),
+                    name: p.name.clone(),
+                    spec: p.id(tunnels::ids::SPEC)?.to_string(),
+                })
+            })
+            .collect()
+    };
     let mut changed = 0;
     for net in &nets {
         if let Some(view) = registry::view(store, net, me).map_err(cni)? {
-            let have = ovs.tunnel_ports(net).map_err(cni)?;
-            changed += overlay::reconcile(&mut ovs, bridge, net, &view, &have).map_err(cni)?;
+            let have = tunnels_of(net);
+            changed +=
+                overlay::reconcile(&mut ovs, bridge, net, &view, &have, prune).map_err(cni)?;
             vnis.insert(net.clone(), view.network.vni);
         }
     }
     changed += fix_vlans(&mut ovs, bridge, &vnis)?;
-    let orphans: Vec<String> = ovs
-        .weft_ports()
-        .map_err(cni)?
-        .into_iter()
+    if prune == Prune::Superseded {
+        return Ok(changed);
+    }
+    let orphans: Vec<String> = ports
+        .iter()
         .filter(|p| {
             p.id(tunnels::ids::TUNNEL_FOR)
                 .is_some_and(|n| !nets.iter().any(|x| x == n))
         })
-        .map(|p| p.uuid)
+        .map(|p| p.uuid.clone())
         .collect();
     if !orphans.is_empty() {
         changed += orphans.len();
@@ -383,8 +405,12 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
         store.block_on(events.watch(prefix, Some(WatchOptions::new().with_prefix())))?;
     }
     tracing::info!(node = %me.name, ip = %me.ip, lease, "registered");
-    let n = reconcile_all(l, &mut store)?;
+    let n = reconcile_all(l, &mut store, Prune::Unwanted)?;
     tracing::info!(changed = n, "initial reconcile");
+    // After a wipe every peer registers again, each when it hears of it:
+    // until they have had the time, one missing from the registry is not
+    // taken for gone, so containers never see their tunnels drop.
+    let mut hold_until: Option<Instant> = None;
     firewall_upkeep(l)?;
 
     let mut next_resync = Instant::now() + RESYNC;
@@ -424,7 +450,7 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
                         });
                         changed |= !resp.events().is_empty();
                     }
-                    _ => return Wake::KeepAliveLost,
+                    _ => return Wake::WatchLost,
                 }
             }
             if changed {
@@ -445,7 +471,7 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
                 tracing::info!("lease revoked; stopping");
                 return Ok(());
             }
-            Wake::KeepAliveLost => bail!("lost the watch"),
+            Wake::WatchLost => bail!("lost the watch"),
             Wake::Watch(lost) => {
                 if lost {
                     // Our registration deleted: an operator, a lapsed
@@ -454,8 +480,9 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
                     // before anyone is handed their addresses.
                     register(&store, &mut client).context("registering again")?;
                     repair_reservations(l);
+                    hold_until = Some(Instant::now() + Duration::from_secs(ttl.max(1) as u64));
                 }
-                let n = reconcile_all(l, &mut store)?;
+                let n = reconcile_all(l, &mut store, prune_while(hold_until))?;
                 if n > 0 {
                     tracing::info!(changed = n, "registry changed");
                 }
@@ -463,6 +490,11 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
             Wake::Tick => {}
         }
         let now = Instant::now();
+        if hold_until.is_some_and(|t| now >= t) {
+            hold_until = None;
+            let n = reconcile_all(l, &mut store, Prune::Unwanted)?;
+            tracing::info!(changed = n, "peers had their time to register again");
+        }
         if now >= next_orphans {
             match orphans.pass(l, graces.orphan, graces.block) {
                 Ok(0) => {}
@@ -476,10 +508,19 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
         }
         if now >= next_resync {
             say_alive(&mut store, &me.name)?;
-            reconcile_all(l, &mut store)?;
+            reconcile_all(l, &mut store, prune_while(hold_until))?;
             firewall_upkeep(l)?;
             next_resync = now + RESYNC;
         }
+    }
+}
+
+/// What a reconcile may remove while peers may still be registering again.
+fn prune_while(hold_until: Option<Instant>) -> Prune {
+    if hold_until.is_some() {
+        Prune::Superseded
+    } else {
+        Prune::Unwanted
     }
 }
 

@@ -299,7 +299,21 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     if let Some(view) = &view {
         let existing = ovs_mod::existing_tunnels(found.first().unwrap_or(&null));
         let mut o = ovs.borrow_mut();
-        overlay::reconcile(&mut o, &cfg.bridge, &cfg.network, view, &existing)?;
+        overlay::reconcile(
+            &mut o,
+            &cfg.bridge,
+            &cfg.network,
+            view,
+            &existing,
+            // This view was read before the ports: a tunnel it does not
+            // want may serve a peer that joined since. The agent, when
+            // there is one, removes those of peers that left.
+            if view.agent_alive {
+                overlay::tunnels::Prune::Superseded
+            } else {
+                overlay::tunnels::Prune::Unwanted
+            },
+        )?;
         // A tunnel moved to another VLAN by hand would carry this network's
         // VNI into that VLAN.
         let tunnels = ovs_mod::found_ports(found.first().unwrap_or(&null));

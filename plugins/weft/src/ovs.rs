@@ -138,7 +138,8 @@ impl Ovs {
 
     /// Adds and removes ports in one transaction and waits for ovs-vswitchd.
     /// False when a port to add already existed (another process was
-    /// quicker), in which case nothing changed.
+    /// quicker), in which case nothing changed, or was removed again
+    /// before it could be checked.
     pub fn change_ports(
         &mut self,
         bridge: &str,
@@ -157,7 +158,11 @@ impl Ovs {
             Err(e) => return Err(ovs_err(e)),
         }
         for p in add {
-            self.port_healthy(&p.name)?;
+            // Removed again already: another process planned from a newer
+            // view; the caller plans again from what is there.
+            if self.port_state(&p.name)?.is_none() {
+                return Ok(false);
+            }
         }
         Ok(true)
     }
@@ -325,15 +330,26 @@ impl Ovs {
 
     /// ovs-vswitchd writes `error` or ofport -1 when it cannot use an interface.
     pub fn port_healthy(&mut self, port: &str) -> Result<()> {
+        match self.port_state(port)? {
+            Some(()) => Ok(()),
+            None => Err(Error::new(
+                error::OVS_PORT_FAILURE,
+                format!(
+                    "port {port} vanished from OVS as it was made (another process removed it)"
+                ),
+            )),
+        }
+    }
+
+    /// [`Ovs::port_healthy`], with None when the interface has no row.
+    fn port_state(&mut self, port: &str) -> Result<Option<()>> {
         let r = self
             .client
             .transact(&plan::interface_state(port))
             .map_err(ovs_err)?;
-        let row = r
-            .first()
-            .and_then(|r| r["rows"].get(0))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let Some(row) = r.first().and_then(|r| r["rows"].get(0)).cloned() else {
+            return Ok(None);
+        };
         if let Some(msg) = row["error"].as_str() {
             return Err(Error::new(
                 error::OVS_PORT_FAILURE,
@@ -346,7 +362,7 @@ impl Ovs {
                 format!("ovs-vswitchd gave {port} no OpenFlow port"),
             ));
         }
-        Ok(())
+        Ok(Some(()))
     }
 
     /// Removes the port named `port`; a missing port is success.

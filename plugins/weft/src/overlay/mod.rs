@@ -66,9 +66,10 @@ pub fn reconcile(
     net: &str,
     view: &View,
     existing: &[tunnels::Existing],
+    prune: tunnels::Prune,
 ) -> Result<usize> {
     let want = tunnels::desired(net, &view.network, &view.peers);
-    let mut plan = tunnels::plan(&want, existing);
+    let mut plan = tunnels::plan_pruning(&want, existing, prune);
     for _ in 0..3 {
         if plan.is_empty() {
             return Ok(0);
@@ -84,8 +85,12 @@ pub fn reconcile(
             );
             return Ok(n);
         }
-        // Another process changed the same ports first; plan again from what is there now.
-        plan = tunnels::plan(&want, &ovs.tunnel_ports(net)?);
+        // Another process changed the same ports first; plan again from what
+        // is there now, but remove only ports `existing` had: one made since
+        // may serve a peer newer than this view.
+        plan = tunnels::plan_pruning(&want, &ovs.tunnel_ports(net)?, prune);
+        plan.remove
+            .retain(|uuid| existing.iter().any(|e| &e.uuid == uuid));
     }
     Ok(0)
 }

@@ -90,6 +90,9 @@ pub struct View {
     pub network: NetworkRecord,
     /// Other live nodes with containers on the network, by name.
     pub peers: Vec<NodeRecord>,
+    /// This host's agent spoke lately, so it removes tunnels to peers that
+    /// left (see `tunnels::Prune`). [`view`] is the agent's own read: true.
+    pub agent_alive: bool,
 }
 
 fn last_segment(key: &str) -> &str {
@@ -259,6 +262,7 @@ pub fn join_with(
         let view = View {
             network,
             peers: peers(&r[2], &nodes, &me.name),
+            agent_alive,
         };
         if writes.is_empty() {
             return Ok(view);
@@ -293,6 +297,7 @@ pub fn view(store: &mut impl Store, net: &str, me: &str) -> Result<Option<View>>
     Ok(Some(View {
         network,
         peers: peers(&r[1], &decode_nodes(&r[2]), me),
+        agent_alive: true,
     }))
 }
 

@@ -90,6 +90,38 @@ impl Plan {
     }
 }
 
+/// Which of the tunnels a view no longer wants a reconcile may remove.
+///
+/// A view read from the registry before the ports were read from OVS can
+/// be older than a tunnel another process (an ADD, the agent) has just
+/// made for a peer that joined in between; removing that tunnel would cut
+/// the new peer off until the next resync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prune {
+    /// Every unwanted tunnel. Only for a caller that read the ports before
+    /// the registry: every tunnel it saw was made after its peer's record
+    /// was written, so a view that lacks the peer is newer than the tunnel.
+    Unwanted,
+    /// Only a tunnel that a wanted one of the same name replaces (the
+    /// peer's address or the network's settings changed). For ADD, whose
+    /// view precedes the ports it finds, and for an agent while its peers
+    /// register again after a wipe.
+    Superseded,
+}
+
+/// [`plan`], removing only what `prune` allows.
+pub fn plan_pruning(desired: &[Tunnel], existing: &[Existing], prune: Prune) -> Plan {
+    let mut p = plan(desired, existing);
+    if prune == Prune::Superseded {
+        p.remove.retain(|uuid| {
+            existing
+                .iter()
+                .any(|e| &e.uuid == uuid && desired.iter().any(|d| d.name == e.name))
+        });
+    }
+    p
+}
+
 pub fn plan(desired: &[Tunnel], existing: &[Existing]) -> Plan {
     let mut p = Plan::default();
     for e in existing {
@@ -186,5 +218,26 @@ mod tests {
         assert_eq!(p.remove, vec!["u-b".to_string(), "u-c".to_string()]);
         assert_eq!(p.add.len(), 2);
         assert!(plan(&[], &have).add.is_empty());
+    }
+
+    #[test]
+    fn superseded_pruning_replaces_a_changed_peer_but_keeps_one_the_view_lacks() {
+        let old = desired(
+            "blue",
+            &rec(),
+            &[peer("h1", "192.0.2.1"), peer("h2", "192.0.2.2")],
+        );
+        let have: Vec<Existing> = old
+            .iter()
+            .enumerate()
+            .map(|(i, t)| existing(t, &format!("u{i}")))
+            .collect();
+        // h1 moved; h2 is missing from this (older) view.
+        let view = desired("blue", &rec(), &[peer("h1", "192.0.2.9")]);
+        let some = plan_pruning(&view, &have, Prune::Superseded);
+        assert_eq!(some.remove, vec!["u0".to_string()]);
+        assert_eq!(some.add.len(), 1);
+        let all = plan_pruning(&view, &have, Prune::Unwanted);
+        assert_eq!(all.remove, vec!["u0".to_string(), "u1".to_string()]);
     }
 }
