@@ -37,6 +37,24 @@ pub const RESERVATION_MISMATCH: u32 = 113;
 pub(crate) const MAX_ATTEMPTS: usize = 200;
 /// How many free addresses a lost race samples from a block to pick among.
 const SAMPLE: usize = 16;
+/// How long an ADD waits for this host's agent to put back the node's
+/// reservations after a wipe (it takes 25-175 ms in the tests) before it
+/// allocates without that promise.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The key that says this node's reservations are all in etcd: its agent
+/// writes it, under its lease, after each repair (`weftctl agent`). A wiped
+/// or restored etcd lacks it until the agent has put back what its running
+/// containers hold.
+pub fn ready_key(node: &str) -> String {
+    format!("/weft/v1/ipam-ready/{node}")
+}
+
+/// Where a host's agent holds its lock for as long as it runs, in IPAM's
+/// data dir: an ADD that finds it held waits for [`ready_key`].
+pub fn agent_lock(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("agent.lock")
+}
 
 pub fn store_err(e: StoreError) -> Error {
     match e.kind {
@@ -216,6 +234,9 @@ pub struct Allocator<'a, S: Store> {
     rng: Rng,
     /// Recorded with each reservation (CNI_NETNS).
     pub netns: Option<String>,
+    /// This host's agent runs: a reservation also needs [`ready_key`], so
+    /// none is made between a wipe of etcd and the agent's repair.
+    pub wait_ready: bool,
 }
 
 /// Where one range set's address will come from in the next attempt.
@@ -267,6 +288,7 @@ impl<'a, S: Store> Allocator<'a, S> {
             store,
             rng: Rng::new(),
             netns: None,
+            wait_ready: false,
         }
     }
 
@@ -535,6 +557,10 @@ impl<'a, S: Store> Allocator<'a, S> {
                     return Ok(self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>()));
                 }
                 Attempt::AlreadyHeld(kv) => return self.existing(&kv),
+                Attempt::NotReady => {
+                    self.wait_until_ready()?;
+                    continue;
+                }
                 Attempt::Lost {
                     used,
                     lost_blocks,
@@ -668,6 +694,10 @@ impl<'a, S: Store> Allocator<'a, S> {
         // restored, the network made anew): its truth comes back in the
         // same round trip.
         on_failure.push(Read::prefix(&self.keys.node_blocks(node)));
+        if self.wait_ready {
+            compares.push(Compare::Present(ready_key(node)));
+            on_failure.push(Read::Key(ready_key(node)));
+        }
         let r = self
             .store
             .txn(&compares, &writes, &on_failure)
@@ -678,11 +708,18 @@ impl<'a, S: Store> Allocator<'a, S> {
         if let Some(kv) = r.reads.first().and_then(|x| x.kvs.first()) {
             return Ok(Attempt::AlreadyHeld(kv.clone()));
         }
+        let short = || Error::unexpected("etcd answered fewer reads than asked");
+        let mut reads = &r.reads[1..];
+        if self.wait_ready {
+            let (ready, rest) = reads.split_last().ok_or_else(short)?;
+            if ready.kvs.is_empty() {
+                return Ok(Attempt::NotReady);
+            }
+            reads = rest;
+        }
         let mut used = Vec::new();
         let mut lost_blocks = Vec::new();
-        let (index_read, reads) = r.reads[1..]
-            .split_last()
-            .ok_or_else(|| Error::unexpected("etcd answered fewer reads than asked"))?;
+        let (index_read, reads) = reads.split_last().ok_or_else(short)?;
         let index: Vec<IpNet> = index_read
             .kvs
             .iter()
@@ -725,6 +762,28 @@ impl<'a, S: Store> Allocator<'a, S> {
             lost_blocks,
             index,
         })
+    }
+
+    /// Polls for [`ready_key`] up to [`READY_WAIT`]; past that the agent is
+    /// stuck or gone, and the ADD goes on without waiting again.
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let key = ready_key(&self.cfg.node);
+        let until = std::time::Instant::now() + READY_WAIT;
+        tracing::info!(node = %self.cfg.node, "waiting for this host's agent to restore its reservations");
+        while std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let r = self
+                .store
+                .read(&[Read::Key(key.clone())])
+                .map_err(store_err)?;
+            if r.first().is_some_and(|r| !r.kvs.is_empty()) {
+                return Ok(());
+            }
+        }
+        tracing::warn!(node = %self.cfg.node, wait = ?READY_WAIT,
+            "this host's agent did not restore its reservations in time; allocating without it");
+        self.wait_ready = false;
+        Ok(())
     }
 
     /// The block to take the next address of `set` from: one of ours the
@@ -827,6 +886,8 @@ impl<'a, S: Store> Allocator<'a, S> {
 enum Attempt {
     Done,
     AlreadyHeld(Kv),
+    /// This host's agent has not put back the node's reservations yet.
+    NotReady,
     Lost {
         used: Vec<(IpAddr, Holder)>,
         lost_blocks: Vec<IpNet>,

@@ -672,3 +672,29 @@ fn an_empty_block_goes_back_and_its_node_claims_another_cleanly() {
     );
     assert!(!s.data.keys().any(|k| k.contains("/nodes/b/")));
 }
+
+#[test]
+fn with_an_agent_an_add_needs_the_ready_key_and_waits_only_so_long_without_it() {
+    let c = cfg("a", v4("10.1.0.0/24"));
+    let mut s = MemStore::default();
+    let ready = |s: &mut MemStore| {
+        s.txn(&[], &[Write::Put(ready_key("a"), Vec::new())], &[])
+            .unwrap();
+    };
+    ready(&mut s);
+    let mut a = Allocator::new(&c, &mut s);
+    a.wait_ready = true;
+    a.add("c1", "eth0", &[], &mut MemHints::default()).unwrap();
+
+    // A wipe: the key is gone with everything else. The ADD waits for it,
+    // then goes on without it.
+    let mut s = MemStore::default();
+    let t0 = std::time::Instant::now();
+    let mut a = Allocator::new(&c, &mut s);
+    a.wait_ready = true;
+    a.add("c2", "eth0", &[], &mut MemHints::default()).unwrap();
+    let waited = t0.elapsed();
+    assert!(waited >= READY_WAIT, "{waited:?}");
+    assert!(waited < READY_WAIT * 2, "{waited:?}");
+    assert!(!s.data.contains_key(&ready_key("a")));
+}

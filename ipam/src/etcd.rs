@@ -307,6 +307,9 @@ impl Store for EtcdStore {
             .iter()
             .map(|c| match c {
                 Compare::Absent(k) => ECompare::create_revision(k.as_bytes(), CompareOp::Equal, 0),
+                Compare::Present(k) => {
+                    ECompare::create_revision(k.as_bytes(), CompareOp::Greater, 0)
+                }
                 Compare::ValueIs(k, v) => {
                     ECompare::value(k.as_bytes(), CompareOp::Equal, v.clone())
                 }

@@ -201,6 +201,8 @@ impl Plugin for WeftIpam {
         let started = std::time::Instant::now();
         let mut alloc = Allocator::new(&cfg, &mut store);
         alloc.netns = ctx.env.netns.as_ref().map(|p| p.display().to_string());
+        alloc.wait_ready =
+            weft_cni::files::held_elsewhere(&weft_ipam::alloc::agent_lock(&cfg.data_dir));
         let got = alloc.add(
             ctx.env.container_id(),
             ctx.env.ifname(),

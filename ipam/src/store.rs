@@ -59,6 +59,7 @@ pub struct ReadResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Compare {
     Absent(String),
+    Present(String),
     ValueIs(String, Vec<u8>),
     ModRevision(String, i64),
 }
@@ -185,6 +186,7 @@ impl MemStore {
     fn holds(&self, c: &Compare) -> bool {
         match c {
             Compare::Absent(k) => !self.data.contains_key(k),
+            Compare::Present(k) => self.data.contains_key(k),
             Compare::ValueIs(k, v) => self.data.get(k).is_some_and(|(have, _)| have == v),
             Compare::ModRevision(k, r) => self.data.get(k).is_some_and(|(_, have)| have == r),
         }

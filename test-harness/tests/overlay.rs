@@ -409,26 +409,45 @@ fn a_wiped_etcd_gets_live_reservations_back_before_new_adds() {
         }
         // Each host hears of the wipe and registers again on its own
         // time, h1 half a second late (its agent stalled); meanwhile
-        // neither takes the other for gone.
+        // neither takes the other for gone, and an ADD on h1 waits for
+        // h1's agent to put back what its container holds.
         let mut tunnel_gone = 0;
-        {
-            let _slow = weft_harness::Stopped::new(a1.pid().unwrap()).unwrap();
+        let (early, waited, served_while_stalled) = std::thread::scope(|s| {
+            let slow = weft_harness::Stopped::new(a1.pid().unwrap()).unwrap();
             wipe(&c);
+            let add = s.spawn(|| {
+                let t0 = std::time::Instant::now();
+                let p = place(&c, 1, "blue", NETS[0].1, &json!({}), false);
+                (p, t0.elapsed())
+            });
             for _ in 0..25 {
                 tunnel_gone += usize::from(c.tunnels(0).unwrap().is_empty());
                 std::thread::sleep(Duration::from_millis(20));
             }
-        }
+            let served = add.is_finished();
+            drop(slow);
+            let (p, waited) = add.join().unwrap();
+            (p, waited, served)
+        });
+        println!(
+            "an ADD on h1 just after the wipe took {waited:?} (h1's agent stalled 500 ms); it got {}",
+            early.ip
+        );
+        assert!(
+            !served_while_stalled,
+            "an ADD was served before its host's agent restored the reservations"
+        );
+        placed.push(early);
         let took = weft_harness::wait_for(
             "the reservations' restore",
             Duration::from_secs(5),
             Duration::from_millis(20),
             || {
                 tunnel_gone += (0..2).filter(|&h| c.tunnels(h).unwrap().is_empty()).count();
-                owners(&c) >= 2
+                owners(&c) >= 3
             },
         );
-        println!("after a wipe, the agents restored 2 reservations in {took:?}");
+        println!("after a wipe, the 2 reservations restored and the new one in {took:?}");
         for _ in 0..50 {
             tunnel_gone += (0..2).filter(|&h| c.tunnels(h).unwrap().is_empty()).count();
             std::thread::sleep(Duration::from_millis(20));

@@ -321,6 +321,24 @@ pub fn run(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
     if l.weft.overlay.is_none() {
         return run_local(l);
     }
+    // Held while this process lives: weft-ipam's ADDs on this host see it
+    // and wait for the ready key after a wipe (see `repair`).
+    let _lock = match l.ipam(None) {
+        Ok(ipam) => {
+            let path = weft_ipam::alloc::agent_lock(&ipam.data_dir);
+            let open = |e| anyhow::Error::new(e).context(format!("opening {}", path.display()));
+            match weft_cni::files::lock_within(&path, Duration::ZERO).map_err(open)? {
+                Some(lock) => Some(lock),
+                // A restart whose predecessor is still stopping.
+                None => {
+                    tracing::info!(lock = %path.display(), "waiting for the other agent of this host to stop");
+                    Some(weft_cni::files::lock(&path).map_err(open)?)
+                }
+            }
+        }
+        // Not weft-ipam: nothing of IPAM's to keep in step.
+        Err(_) => None,
+    };
     let mut backoff = Duration::from_millis(200);
     loop {
         match session(l, ttl, graces) {
@@ -344,6 +362,24 @@ fn repair_reservations(l: &Loaded) {
         }
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "reservation repair failed"),
     }
+}
+
+/// Tells this host's ADDs that the node's reservations are all in etcd
+/// (weft-ipam waits for it while this agent runs), under the agent's lease
+/// so it goes with the agent.
+fn mark_ready(store: &mut EtcdStore, node: &str, lease: i64) -> Result<()> {
+    store
+        .txn(
+            &[],
+            &[Write::PutLeased(
+                weft_ipam::alloc::ready_key(node),
+                Vec::new(),
+                lease,
+            )],
+            &[],
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
 }
 
 /// Writes when this node was last alive, without a lease: `weftctl gc`
@@ -384,9 +420,11 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
             Some(PutOptions::new().with_lease(lease)),
         ))
     };
+    // Reservations first: a registration and the ready key say they are in.
+    repair_reservations(l);
     register(&store, &mut client).context("registering")?;
     say_alive(&mut store, &me.name)?;
-    repair_reservations(l);
+    mark_ready(&mut store, &me.name, lease)?;
     // The lease is kept alive on a thread of its own, with its own etcd
     // connection: a reconcile blocked on a stalled ovsdb-server (up to its
     // 10 s timeout) must not let a 5 s lease lapse.
@@ -478,8 +516,9 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
                     // lease, or a wiped etcd. The last takes the
                     // reservations too: put back those of live attachments
                     // before anyone is handed their addresses.
-                    register(&store, &mut client).context("registering again")?;
                     repair_reservations(l);
+                    register(&store, &mut client).context("registering again")?;
+                    mark_ready(&mut store, &me.name, lease)?;
                     hold_until = Some(Instant::now() + Duration::from_secs(ttl.max(1) as u64));
                 }
                 let n = reconcile_all(l, &mut store, prune_while(hold_until))?;
@@ -508,6 +547,7 @@ fn session(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
         }
         if now >= next_resync {
             say_alive(&mut store, &me.name)?;
+            mark_ready(&mut store, &me.name, lease)?;
             reconcile_all(l, &mut store, prune_while(hold_until))?;
             firewall_upkeep(l)?;
             next_resync = now + RESYNC;

@@ -46,6 +46,23 @@ fn flock(file: &std::fs::File, how: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// Whether another process holds the lock on `path` now (a daemon that
+/// holds it for its lifetime: the kernel drops it when the process dies).
+/// A missing file is no holder.
+pub fn held_elsewhere(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    loop {
+        match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+            // Ours for a moment; closing the file releases it.
+            Ok(()) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
 /// Waits for the lock on `path` as long as it takes.
 pub fn lock(path: &Path) -> std::io::Result<Lock> {
     let file = open_lock_file(path)?;
