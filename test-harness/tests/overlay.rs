@@ -331,6 +331,72 @@ fn an_agent_keeps_its_registration_through_an_8s_stop_of_ovsdb_server() {
     assert!(a.c.netns.ping(&b.ip));
 }
 
+/// The agent's load follows registry changes only: IPAM's writes (every
+/// reservation in the cluster) and the alive-clocks never wake it, and a
+/// burst of registry writes is one reconcile, not one per write.
+#[test]
+fn an_agent_sleeps_through_ipam_writes_and_reconciles_a_burst_once() {
+    let _g = serial();
+    let c = Cluster::new("quiet", 2).unwrap();
+    let _a0 = c
+        .start_agent(0, &c.network(0, "blue", NETS[0].1, json!({})), 2)
+        .unwrap();
+    let _p = place(&c, 0, "blue", NETS[0].1, &json!({}), false);
+    let log = c.hosts[0].dir.path.join("agent.log");
+    // (reconciles, events) the registry has caused so far.
+    let woken = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("registry changed; reconciled"))
+            .collect();
+        let events: usize = lines
+            .iter()
+            .filter_map(|l| {
+                l.split("events=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        (lines.len(), events)
+    };
+    // Whatever the placement itself caused, settled.
+    std::thread::sleep(Duration::from_millis(400));
+    let before = woken();
+    let puts = |prefix: &str, n: usize| {
+        std::thread::scope(|s| {
+            for i in 0..n {
+                let key = format!("{prefix}{i}");
+                let c = &c;
+                s.spawn(move || c.etcd.ctl(&c.fabric.netns, &["put", &key, "x"]).unwrap());
+            }
+        });
+    };
+    puts("/weft/v1/ipam/blue/ips/test-", 20);
+    puts("/weft/v1/seen/ghost-", 5);
+    std::thread::sleep(Duration::from_millis(400));
+    let after_ipam = woken();
+    // Ten hosts' memberships at once, as a burst of joins.
+    puts("/weft/v1/members/blue/ghost-", 10);
+    std::thread::sleep(Duration::from_millis(600));
+    let after_burst = woken();
+    println!(
+        "25 IPAM and alive-clock writes: {} reconciles; a burst of 10 registry writes: {} reconciles for {} events",
+        after_ipam.0 - before.0,
+        after_burst.0 - after_ipam.0,
+        after_burst.1 - after_ipam.1
+    );
+    assert_eq!(after_ipam, before, "IPAM writes woke the agent");
+    assert_eq!(after_burst.1 - after_ipam.1, 10);
+    assert!(
+        after_burst.0 - after_ipam.0 <= 2,
+        "{after_burst:?} {after_ipam:?}"
+    );
+}
+
 /// A host's first ADD on a network runs while its agent, woken by the
 /// peer that joined the network just before, reconciles from a registry
 /// read that predates the ADD: the agent must not take the ADD's new
