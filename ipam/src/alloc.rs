@@ -39,7 +39,7 @@ pub(crate) const MAX_ATTEMPTS: usize = 200;
 const SAMPLE: usize = 16;
 /// How long an ADD waits for this host's agent to put back the node's
 /// reservations after a wipe (it takes 25-175 ms in the tests) before it
-/// allocates without that promise.
+/// allocates without that promise; at most half its etcd timeout.
 pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The key that says this node's reservations are all in etcd: its agent
@@ -768,7 +768,9 @@ impl<'a, S: Store> Allocator<'a, S> {
     /// stuck or gone, and the ADD goes on without waiting again.
     fn wait_until_ready(&mut self) -> Result<()> {
         let key = ready_key(&self.cfg.node);
-        let until = std::time::Instant::now() + READY_WAIT;
+        // Within the ADD's etcd budget, which also has the allocation to pay.
+        let budget = std::time::Duration::from_millis(self.cfg.etcd.timeout_ms / 2);
+        let until = std::time::Instant::now() + READY_WAIT.min(budget);
         tracing::info!(node = %self.cfg.node, "waiting for this host's agent to restore its reservations");
         while std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(20));
