@@ -9,7 +9,7 @@
 //! which it hears of on nftables' netlink multicast group. Without `etcd`
 //! that is all it does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -124,11 +124,14 @@ fn reassert(
     reads.extend(names.iter().map(|n| Read::Key(registry::network_key(n))));
     let r = store.read(&reads).map_err(|e| anyhow::anyhow!("{e}"))?;
     let owners = vnis::owners(&r[0]);
-    let records: HashSet<String> = names
+    let records: HashMap<String, u32> = names
         .iter()
         .zip(&r[1..])
-        .filter(|(_, rr)| !rr.kvs.is_empty())
-        .map(|(n, _)| n.to_string())
+        .filter_map(|(n, rr)| {
+            let rec: registry::NetworkRecord =
+                serde_json::from_slice(&rr.kvs.first()?.value).ok()?;
+            Some((n.to_string(), rec.vni))
+        })
         .collect();
     for fix in vnis::plan(&local, &records, &owners) {
         let (net, vni) = match &fix {
@@ -159,7 +162,7 @@ fn reassert(
     // settings are in the conflist), so tunnels return without waiting for
     // an ADD. Other networks' records come back at their next ADD.
     if let Some(vni) = moved.get(own_net).or(local.get(own_net)).copied() {
-        if !records.contains(own_net) {
+        if !records.contains_key(own_net) {
             let rec = registry::NetworkRecord {
                 vni,
                 tunnel: o.tunnel,

@@ -93,11 +93,12 @@ pub enum Fix {
 }
 
 /// What the agent does for networks on its bridge: `records` are those the
-/// registry has a network record for (their VNI is settled; the VLAN pass
-/// moves stray ports onto it).
+/// registry has a network record for, with the VNI it names (settled; the
+/// VLAN pass moves stray ports onto it, and it is reserved again when its
+/// `vnis/` key went while the record stayed: a wipe seen half-way).
 pub fn plan(
     local: &HashMap<String, u32>,
-    records: &HashSet<String>,
+    records: &HashMap<String, u32>,
     owners: &HashMap<u32, String>,
 ) -> Vec<Fix> {
     let mut owners = owners.clone();
@@ -106,7 +107,14 @@ pub fn plan(
     let all_local: HashSet<u32> = local.values().copied().collect();
     let mut fixes = Vec::new();
     for (net, &t) in sorted {
-        if records.contains(net) {
+        if let Some(&v) = records.get(net) {
+            if !owners.contains_key(&v) {
+                owners.insert(v, net.clone());
+                fixes.push(Fix::Reserve {
+                    net: net.clone(),
+                    vni: v,
+                });
+            }
             continue;
         }
         match owners.get(&t) {
@@ -184,8 +192,8 @@ mod tests {
     #[test]
     fn the_agent_reserves_what_is_missing_and_rehomes_what_clashes() {
         let local = map(&[("blue", 1u32), ("red", 2), ("old", 3)]);
-        let records: HashSet<String> = ["old".to_string()].into();
-        let fixes = plan(&local, &records, &own(&[(2, "green")]));
+        let records = map(&[("old", 3u32)]);
+        let fixes = plan(&local, &records, &own(&[(2, "green"), (3, "old")]));
         assert_eq!(
             fixes,
             vec![
@@ -201,9 +209,25 @@ mod tests {
             ]
         );
         // Run again once applied: nothing left to do.
-        let after = own(&[(1, "blue"), (2, "green"), (4, "red")]);
+        let after = own(&[(1, "blue"), (2, "green"), (3, "old"), (4, "red")]);
         let moved = map(&[("blue", 1u32), ("red", 4), ("old", 3)]);
         assert!(plan(&moved, &records, &after).is_empty());
+    }
+
+    #[test]
+    fn a_record_whose_vni_key_went_gets_it_back() {
+        // The wipe deleted networks/, the agent restored blue's record,
+        // then the wipe deleted vnis/.
+        let local = map(&[("blue", 1u32)]);
+        let fixes = plan(&local, &map(&[("blue", 1u32)]), &HashMap::new());
+        assert_eq!(
+            fixes,
+            vec![Fix::Reserve {
+                net: "blue".into(),
+                vni: 1
+            }]
+        );
+        assert!(plan(&local, &map(&[("blue", 1u32)]), &own(&[(1, "blue")])).is_empty());
     }
 
     #[test]
