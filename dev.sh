@@ -2,7 +2,11 @@
 # weft's one entry point on a Debian 12 machine, run as root:
 #   ./dev.sh demo    install what is missing, build, run the demo
 #   ./dev.sh test    install what is missing, build, run every test
-#   ./dev.sh bench   install what is missing, build, run the benchmarks
+#   ./dev.sh bench   install what is missing, build, run the benchmarks (the
+#                    cross-host TCP one also on the kernel datapath, in a VM)
+#   ./dev.sh vm-test [SUITE[:TEST,..] ...]
+#                    the suites on the kernel datapath, in a QEMU guest with
+#                    Debian's kernel (default: every suite that runs there)
 #   ./dev.sh build   install what is missing, build the static binaries
 #   ./dev.sh image   build, then the node image with podman (BASE_IMAGE=... to pick its base)
 #   ./dev.sh fresh   the README's two commands on a brand-new Debian 12 root (scripts/fresh-machine.sh)
@@ -20,7 +24,16 @@ APT_PACKAGES=(
 # What only the tests need on top: the image test builds the Containerfile
 # with podman (and runc, which works where crun refuses a host's cgroups) on a
 # base made by debootstrap.
-TEST_PACKAGES=(podman runc debootstrap)
+# The VM runner's own tests boot the kernel-datapath guest (VM_PACKAGES).
+TEST_PACKAGES=(podman runc debootstrap qemu-system-x86 e2fsprogs)
+# The kernel-datapath guest: QEMU, and debootstrap and mkfs.ext4 to make it.
+VM_PACKAGES=(qemu-system-x86 debootstrap e2fsprogs)
+# The suites (test-harness/tests/<suite>.rs) that run on the kernel
+# datapath, about 6 minutes under TCG here; CI runs them all.
+# isolation_hosts is not among them yet: on the kernel datapath it found a
+# leak in 1 of 2 runs (README, "Open points"); `./dev.sh vm-test
+# isolation_hosts` runs it.
+VM_SUITES=(lifecycle failures bad_input overlay isolation isolation_networks)
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
@@ -80,9 +93,19 @@ case "$cmd" in
     need_root; install_packages "${TEST_PACKAGES[@]}"; build
     cargo test "${CARGO_FLAGS[@]}" --workspace
     ;;
+  vm-test)
+    need_root; install_packages "${VM_PACKAGES[@]}"; build
+    cargo test "${CARGO_FLAGS[@]}" -p weft-harness --no-run --quiet
+    shift
+    [ "$#" -gt 0 ] || set -- "${VM_SUITES[@]}"
+    "$WEFT_BIN_DIR/weft-harness" vm-test "$@"
+    ;;
   bench)
-    need_root; install_packages; build
+    need_root; install_packages "${VM_PACKAGES[@]}"; build
     "$WEFT_BIN_DIR/weft-harness" bench --runs "${RUNS:-200}"
+    # The same cross-host TCP figure on the kernel datapath, in the guest.
+    "$WEFT_BIN_DIR/weft-harness" vm --env "WEFT_BIN_DIR=$WEFT_BIN_DIR" -- \
+      '$WEFT_BIN_DIR/weft-harness bench --overlay-only --throughput-only'
     ;;
   build)
     need_root; install_packages; build
@@ -98,7 +121,7 @@ case "$cmd" in
     exec scripts/fresh-machine.sh
     ;;
   *)
-    echo "usage: $0 demo|test|bench|build|image|fresh" >&2
+    echo "usage: $0 demo|test|vm-test|bench|build|image|fresh" >&2
     exit 2
     ;;
 esac

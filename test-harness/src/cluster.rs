@@ -1,10 +1,12 @@
 //! Several simulated hosts joined by the fabric, with etcd, as weft's
 //! multi-host tests and demo need them.
 //!
-//! Each host's underlay address sits on an OVS internal port (`br-underlay`,
-//! userspace datapath) with the fabric veth as its uplink: OVS's userspace
+//! With OVS's userspace datapath (this machine's: no openvswitch module)
+//! each host's underlay address sits on an OVS internal port
+//! (`br-underlay`, netdev) with the fabric veth as its uplink: userspace
 //! tunnels route and resolve neighbours through OVS bridges only, as on a
-//! DPDK host. With the kernel datapath a plain interface would do.
+//! DPDK host. With the kernel datapath (in `weft-harness vm`'s guest) it
+//! stays on the fabric veth.
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -28,9 +30,15 @@ pub const UNDERLAY_PORT: &str = crate::fabric::HOST_END;
 /// lease) when dropped.
 pub struct Agent {
     child: Option<(Child, Token)>,
+    log: PathBuf,
 }
 
 impl Agent {
+    /// What it has logged (shared with earlier agents of its host).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|(c, _)| c.id())
     }
@@ -76,10 +84,49 @@ pub fn start_agent(host: &Host, net: &Network, ttl: u32) -> Result<Agent> {
     start_agent_with(host, net, ttl, &[])
 }
 
-/// `start_agent` with more arguments (`--orphan-grace 1s`).
+/// `start_agent` with more arguments (`--orphan-grace 1s`). With `etcd`,
+/// returns once the agent has registered and made its first reconcile, so
+/// a test's next step never races its start (slow in an emulated guest).
 pub fn start_agent_with(host: &Host, net: &Network, ttl: u32, extra: &[&str]) -> Result<Agent> {
+    let log = host.dir.path.join("agent.log");
+    // The log is shared with earlier agents of this host.
+    let starts = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("initial reconcile")
+            .count()
+    };
+    let before = starts();
+    let mut agent = spawn_agent(host, net, ttl, extra)?;
+    if net.conflist["plugins"][0].get("etcd").is_none() {
+        return Ok(agent);
+    }
+    let within = Duration::from_secs(10) * crate::time_scale();
+    let t0 = Instant::now();
+    loop {
+        if starts() > before {
+            return Ok(agent);
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let exited = agent
+            .child
+            .as_mut()
+            .is_none_or(|(c, _)| c.try_wait().ok().flatten().is_some());
+        if exited || t0.elapsed() > within {
+            bail!("weftctl agent did not make its first reconcile within {within:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts an agent without waiting for it: one that has to wait for
+/// another agent of the same host to stop first.
+pub fn spawn_agent(host: &Host, net: &Network, ttl: u32, extra: &[&str]) -> Result<Agent> {
     let conf = write_conf(host, net)?;
-    let log = std::fs::File::create(host.dir.path.join("agent.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.dir.path.join("agent.log"))?;
     let child = host
         .netns
         .command(&plugin_bin("weftctl")?.to_string_lossy())?
@@ -97,6 +144,7 @@ pub fn start_agent_with(host: &Host, net: &Network, ttl: u32, extra: &[&str]) ->
     std::fs::write(pidfile, child.id().to_string())?;
     Ok(Agent {
         child: Some((child, token)),
+        log: host.dir.path.join("agent.log"),
     })
 }
 
@@ -145,6 +193,14 @@ impl Cluster {
         let i = self.hosts.len();
         let host = Host::new(&format!("{}-h{i}", self.label))?;
         let ip = self.fabric.attach(&host.netns)?;
+        if crate::ovs::kernel_datapath() {
+            // The kernel routes and resolves the tunnels' packets itself:
+            // the address stays on the fabric veth, as on any host with a
+            // plain NIC.
+            self.hosts.push(host);
+            self.underlay_ips.push(ip);
+            return Ok(i);
+        }
         // Move the address from the veth onto an OVS internal port.
         host.ovs.vsctl(&[
             "add-br",
@@ -203,7 +259,7 @@ impl Cluster {
         let mut weft = json!({
             "type": "weft", "ovsdbSocket": h.db_sock(), "logLevel": "info",
             "logFile": h.dir.path.join("weft.log"),
-            "etcd": {"endpoints": self.etcd.endpoints(), "timeoutMs": 3000},
+            "etcd": {"endpoints": self.etcd.endpoints(), "timeoutMs": 3000 * crate::time_scale()},
             "node": {"name": h.label},
             "ipam": {"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "dataDir": h.ipam_dir()}
         });
@@ -276,6 +332,7 @@ impl Cluster {
 
     /// Waits until `host` has `n` tunnel ports.
     pub fn wait_tunnels(&self, host: usize, n: usize, within: Duration) -> Result<Duration> {
+        let within = within * crate::time_scale();
         let start = Instant::now();
         loop {
             let have = self.tunnels(host)?.len();

@@ -69,8 +69,11 @@ impl Fabric {
             .ok(&["ip", "link", "set", &outer, "master", "fab0", "up"])?;
         // Complete checksums toward the host: a host whose underlay is in
         // OVS's userspace datapath cannot fill them in (as with real NICs
-        // feeding a DPDK host, which compute them in hardware).
-        self.netns.ok(&["ethtool", "-K", &outer, "tx", "off"])?;
+        // feeding a DPDK host, which compute them in hardware). The kernel
+        // datapath can.
+        if !crate::ovs::kernel_datapath() {
+            self.netns.ok(&["ethtool", "-K", &outer, "tx", "off"])?;
+        }
         ns.ok(&["ip", "addr", "add", &format!("{ip}/{PREFIX}"), "dev", inner])?;
         ns.ok(&["ip", "link", "set", inner, "up"])?;
         Ok(ip)

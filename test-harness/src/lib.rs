@@ -19,6 +19,7 @@ pub mod pki;
 pub mod probe;
 pub mod rawsock;
 pub mod runtime;
+pub mod vm;
 
 pub use host::{Container, Host};
 pub use runtime::{Attach, Call, Network, Outcome};
@@ -53,6 +54,18 @@ impl Drop for Stopped {
     }
 }
 
+/// How much longer than on this machine things may take where the tests
+/// run: `WEFT_TIME_SCALE` (weft-harness vm-test sets it for an emulated
+/// guest), 1 by default. Bounds on waiting scale with it; measured figures
+/// do not.
+pub fn time_scale() -> u32 {
+    std::env::var("WEFT_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
 /// Polls `f` every `every` until it holds; panics naming `what` when it has
 /// not within `within`. Returns how long it took.
 #[allow(clippy::panic)]
@@ -62,6 +75,7 @@ pub fn wait_for(
     every: std::time::Duration,
     mut f: impl FnMut() -> bool,
 ) -> std::time::Duration {
+    let within = within * time_scale();
     let t0 = std::time::Instant::now();
     while !f() {
         assert!(

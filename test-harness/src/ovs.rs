@@ -18,6 +18,12 @@ pub struct Ovs {
     ovsdb: Option<(Child, Token)>,
 }
 
+/// Whether the openvswitch module is loaded, the test weft's `"datapath":
+/// "auto"` makes: the simulated hosts then run the kernel datapath.
+pub fn kernel_datapath() -> bool {
+    Path::new("/sys/module/openvswitch").exists()
+}
+
 fn ovs_env(cmd: &mut Command, dir: &Path) {
     for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
         cmd.env(var, dir);

@@ -472,7 +472,7 @@ pub fn weft_ipam_network(
 
 pub fn weft_ipam_conf(host: &Host, subnet: &str, endpoints: &[String]) -> Value {
     json!({"type": "weft-ipam", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
-           "nodeName": host.label, "dataDir": host.ipam_dir(), "etcd": {"endpoints": endpoints, "timeoutMs": 1000}})
+           "nodeName": host.label, "dataDir": host.ipam_dir(), "etcd": {"endpoints": endpoints, "timeoutMs": 1000 * crate::time_scale()}})
 }
 
 /// Starts weft-ipam in `ns` as weft would (its own netns as CNI_NETNS) and

@@ -51,6 +51,19 @@ fn add_ping_check_del_every_version() {
 
         let ip_b = first_address(&rb).unwrap();
         assert!(a.netns.ping(&ip_b), "{version}: a cannot ping b at {ip_b}");
+        // "datapath": "auto" (the default) picks the kernel's where the
+        // openvswitch module is loaded (weft-harness vm's guest), netdev
+        // elsewhere.
+        let dp = host
+            .ovs
+            .vsctl(&["get", "bridge", "br-weft", "datapath_type"])
+            .unwrap();
+        let want = if weft_harness::ovs::kernel_datapath() {
+            "system"
+        } else {
+            "netdev"
+        };
+        assert_eq!(dp.trim().trim_matches('"'), want);
 
         if *version != "0.3.0" && *version != "0.3.1" {
             let out = net.check(&host, &a, "eth0", &ra).unwrap();
