@@ -694,7 +694,9 @@ fn with_an_agent_an_add_needs_the_ready_key_and_waits_only_so_long_without_it() 
     a.wait_ready = true;
     a.add("c2", "eth0", &[], &mut MemHints::default()).unwrap();
     let waited = t0.elapsed();
-    assert!(waited >= READY_WAIT, "{waited:?}");
-    assert!(waited < READY_WAIT * 2, "{waited:?}");
+    // At most half the etcd timeout, which the allocation also needs.
+    let bound = READY_WAIT.min(std::time::Duration::from_millis(c.etcd.timeout_ms / 2));
+    assert!(waited >= bound, "{waited:?}");
+    assert!(waited < bound * 2, "{waited:?}");
     assert!(!s.data.contains_key(&ready_key("a")));
 }
