@@ -22,6 +22,7 @@ static REGISTRY: Mutex<Vec<(u64, Resource)>> = Mutex::new(Vec::new());
 static NEXT: AtomicU64 = AtomicU64::new(1);
 static INIT: Once = Once::new();
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static MAKING: Mutex<()> = Mutex::new(());
 
 /// A registered resource; dropping it tears the resource down.
 #[derive(Debug)]
@@ -65,6 +66,15 @@ pub fn registered_pids() -> Vec<i32> {
         .collect()
 }
 
+/// Hold this from before making a resource until it is registered. The
+/// signal handler takes it before tearing down and keeps it until the process
+/// exits, so a namespace whose `ip netns add` was running at Ctrl-C is
+/// registered (and torn down) rather than created after the teardown, and
+/// nothing is made once the teardown has begun.
+pub fn making() -> std::sync::MutexGuard<'static, ()> {
+    MAKING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Installs the signal handler and sweeps leftovers of dead runs, once.
 pub fn init() {
     INIT.call_once(|| {
@@ -72,6 +82,7 @@ pub fn init() {
         let _ = ctrlc::set_handler(|| {
             INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("weft-harness: interrupted; cleaning up");
+            let _no_more = making();
             teardown_all();
             std::process::exit(130);
         });

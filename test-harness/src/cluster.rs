@@ -127,6 +127,7 @@ pub fn spawn_agent(host: &Host, net: &Network, ttl: u32, extra: &[&str]) -> Resu
         .create(true)
         .append(true)
         .open(host.dir.path.join("agent.log"))?;
+    let making = cleanup::making();
     let child = host
         .netns
         .command(&plugin_bin("weftctl")?.to_string_lossy())?
@@ -139,6 +140,7 @@ pub fn spawn_agent(host: &Host, net: &Network, ttl: u32, extra: &[&str]) -> Resu
         .spawn()
         .context("starting weftctl agent")?;
     let token = cleanup::register(Resource::Process(child.id() as i32));
+    drop(making);
     // For the start-up sweep, should this run be killed outright.
     let pidfile = host.dir.path.join(format!("agent-{}.pid", child.id()));
     std::fs::write(pidfile, child.id().to_string())?;

@@ -113,6 +113,7 @@ impl Etcd {
     pub fn start_member(&mut self, fabric: &Netns, i: usize) -> Result<()> {
         let m = &mut self.members[i];
         let log = std::fs::File::create(self.dir.path.join(format!("{}.log", m.name)))?;
+        let making = cleanup::making();
         let child = fabric
             .command("etcd")?
             .args(&m.args)
@@ -126,6 +127,7 @@ impl Etcd {
             child.id().to_string(),
         )?;
         let token = cleanup::register(Resource::Process(child.id() as i32));
+        drop(making);
         m.proc = Some((child, token));
         Ok(())
     }

@@ -31,6 +31,7 @@ impl ScratchDir {
     }
 
     fn new_in(base: &Path, label: &str) -> Result<Self> {
+        let _making = cleanup::making();
         let path = tempfile::Builder::new()
             .prefix(&format!("weft-harness-{}-{label}-", std::process::id()))
             .tempdir_in(base)

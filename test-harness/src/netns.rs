@@ -54,6 +54,7 @@ impl Netns {
 
     pub fn new(label: &str) -> Result<Self> {
         let name = cleanup::name(label);
+        let making = cleanup::making();
         let st = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -66,6 +67,7 @@ impl Netns {
             _token: cleanup::register(Resource::Netns(name.clone())),
             name,
         };
+        drop(making);
         ns.ok(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }

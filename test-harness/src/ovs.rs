@@ -96,8 +96,10 @@ impl Ovs {
             format!("--log-file={d}/ovs-vswitchd.log"),
             "--no-chdir".into(),
         ]);
+        let making = cleanup::making();
         let child = cmd.spawn().context("starting ovs-vswitchd")?;
         let token = cleanup::register(Resource::Process(child.id() as i32));
+        drop(making);
         ovs.vswitchd = Some((child, token));
         wait_for(&dir.join("ovs-vswitchd.ctl"), "ovs-vswitchd")?;
         Ok(ovs)
@@ -115,8 +117,10 @@ impl Ovs {
             format!("--log-file={d}/ovsdb-server.log"),
             "--no-chdir".into(),
         ]);
+        let making = cleanup::making();
         let child = cmd.spawn().context("starting ovsdb-server")?;
         let token = cleanup::register(Resource::Process(child.id() as i32));
+        drop(making);
         self.ovsdb = Some((child, token));
         wait_for(&self.db_sock, "ovsdb-server")?;
         // The file appears at bind(), a moment before listen(): wait for both.

@@ -158,6 +158,7 @@ fn boot_and_run(cmd: &str, o: &Options, accel: Accel) -> Result<Outcome> {
             path.display()
         )
     };
+    let making = cleanup::making();
     let mut child = Command::new("qemu-system-x86_64")
         .args(accel.qemu_args())
         .args(["-machine", "q35", "-m", &o.memory_mib.to_string()])
@@ -192,6 +193,7 @@ fn boot_and_run(cmd: &str, o: &Options, accel: Accel) -> Result<Outcome> {
         .spawn()
         .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
     let _qemu = cleanup::register(Resource::Process(child.id() as i32));
+    drop(making);
 
     let (tx, rx) = mpsc::channel::<String>();
     for out in [
