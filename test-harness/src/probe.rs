@@ -1,6 +1,7 @@
 //! Probes judged at the receiver: everything that reaches a namespace on
 //! one port (UDP, TCP, ICMP echo that the IP stack accepted), and a sender
-//! of all three carrying a payload that names the probe.
+//! of all three carrying a payload that names the probe. Windows and
+//! timeouts stretch with [`crate::time_scale`], for the emulated guest.
 
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -35,7 +36,7 @@ pub fn listen_all(ns: &Netns, window: Duration) -> std::thread::JoinHandle<Resul
         // SAFETY: just returned by socket(2).
         let raw = unsafe { OwnedFd::from_raw_fd(raw) };
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + window;
+        let deadline = Instant::now() + window * crate::time_scale();
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
         while Instant::now() < deadline {
@@ -50,7 +51,13 @@ pub fn listen_all(ns: &Netns, window: Duration) -> std::thread::JoinHandle<Resul
                 s.set_read_timeout(Some(Duration::from_millis(300)))?;
                 let mut text = String::new();
                 let _ = std::io::Read::read_to_string(&mut s, &mut text);
-                got.push(format!("tcp {} from {from}", text.trim()));
+                // Where it arrived: the payload naming the destination may be
+                // missing when the sender was stopped between connect and write.
+                let to = s
+                    .local_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                got.push(format!("tcp {} from {from} to {to}", text.trim()));
             }
             // SAFETY: buf is valid for its length.
             let n = unsafe { libc::recv(raw.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -81,10 +88,11 @@ pub fn listen_all(ns: &Netns, window: Duration) -> std::thread::JoinHandle<Resul
 /// UDP, TCP and ICMP to `dst` from `ns`, each carrying `id`.
 pub fn probe(ns: &Netns, dst: &str, id: u8) {
     let msg = format!("weft-probe-{id}-{dst}");
+    let scale = crate::time_scale();
     let _ = ns.exec(&["bash", "-c", &format!("echo {msg} > /dev/udp/{dst}/{PORT}")]);
     let _ = ns.exec(&[
         "timeout",
-        "0.5",
+        &format!("{}", 0.5 * f64::from(scale)),
         "bash",
         "-c",
         &format!("echo {msg} > /dev/tcp/{dst}/{PORT}"),
@@ -95,7 +103,7 @@ pub fn probe(ns: &Netns, dst: &str, id: u8) {
         "-c",
         "1",
         "-W",
-        "1",
+        &scale.to_string(),
         "-p",
         &format!("77656674{id:02x}"),
         dst,

@@ -202,7 +202,7 @@ fn count_frames(
 }
 
 /// Feeds every frame of `proto` on `ifname` in `ns` to `seen` for `window`
-/// (without the ones this namespace sent, when `skip_outgoing`), on a
+/// times [`crate::time_scale`] (without the ones this namespace sent, when `skip_outgoing`), on a
 /// thread; returns once the socket is listening.
 fn watch_frames<T: Send + 'static>(
     ns: &Netns,
@@ -218,7 +218,7 @@ fn watch_frames<T: Send + 'static>(
     let h = in_netns(ns, move || {
         let (fd, _) = packet_socket_for(&ifname, proto)?;
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + window;
+        let deadline = Instant::now() + window * crate::time_scale();
         let mut buf = [0u8; 4096];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let mut pfd = libc::pollfd {
