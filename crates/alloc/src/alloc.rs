@@ -1,0 +1,887 @@
+//! The allocator. Each node claims blocks with one transaction and hands out
+//! addresses inside them; with no free block left it borrows from other
+//! nodes' blocks. Every reservation is one compare-and-create transaction
+//! that writes the address key and the owner record together, so a crash at
+//! any point leaves both or neither, and GC can always find what is held.
+//!
+//! Keys, under `/weft/v1/ipam/<network>/`:
+//! - `blocks/<block>`: the node that claimed the block
+//! - `nodes/<node>/<block>`: the node's index of its blocks
+//! - `ips/<addr>`: a reservation; value: who holds it (container, ifname, node)
+//! - `owners/<container>/<ifname>`: the attachment's addresses and node
+//!
+//! `<addr>` and `<block>` are hex, so keys sort like addresses and a block's
+//! reservations are one key range.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_cni::error::{self, Error, Result};
+
+use crate::config::IpamConfig;
+use crate::space::{addr_key, block_key, from_u128, to_u128, Range};
+use weft_store::store_err;
+use weft_store::{Compare, Epoch, Kv, Read, Store, Write};
+
+use weft_cni::error::{ADDRESS_UNAVAILABLE, POOL_EXHAUSTED};
+
+/// Gives up after this many lost races in one call; the runtime may retry.
+pub(crate) const MAX_ATTEMPTS: usize = 200;
+/// How many free addresses a lost race samples from a block to pick among.
+const SAMPLE: usize = 16;
+/// How long an ADD waits for this host's agent to put back the node's
+/// reservations after a wipe (it takes 25-175 ms in the tests) before it
+/// allocates without that promise; at most half its etcd timeout.
+pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The key that says this node's reservations are all in etcd: its agent
+/// writes it, under its lease, after each repair (`weftctl agent`). A wiped
+/// or restored etcd lacks it until the agent has put back what its running
+/// containers hold.
+pub fn ready_key(node: &str) -> String {
+    format!("/weft/v1/ipam-ready/{node}")
+}
+
+/// Where a host's agent holds its lock for as long as it runs, in IPAM's
+/// data dir: an ADD that finds it held waits for [`ready_key`].
+pub fn agent_lock(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("agent.lock")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub node: String,
+    /// The container's network namespace as the runtime named it: the
+    /// node's reconciler keeps a reservation whose namespace still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// An address handed out, with the range that says its prefix and gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    pub ip: IpAddr,
+    pub range: Range,
+}
+
+impl Allocated {
+    pub fn cidr(&self) -> IpNet {
+        IpNet::new(self.ip, self.range.subnet.prefix_len()).unwrap_or_else(|_| IpNet::from(self.ip))
+    }
+}
+
+/// Where the next automatic address search starts, per range set: a hint
+/// kept on the node (like host-local's last_reserved_ip), never trusted.
+/// It also caches the node's blocks, which saves the read that would find
+/// them: the reservation's own compare says whether we still hold a block.
+pub trait Hints {
+    fn get(&self, set: usize) -> Option<IpAddr>;
+    fn set(&mut self, set: usize, ip: IpAddr);
+    fn blocks(&self) -> Option<Vec<IpNet>>;
+    fn set_blocks(&mut self, blocks: Vec<IpNet>);
+    /// The etcd epoch the cached blocks were last confirmed under.
+    fn epoch(&self) -> Option<Epoch>;
+    fn set_epoch(&mut self, epoch: Epoch);
+}
+
+#[derive(Debug, Default)]
+pub struct MemHints {
+    pub last: std::collections::HashMap<usize, IpAddr>,
+    pub blocks: Option<Vec<IpNet>>,
+    pub epoch: Option<Epoch>,
+}
+
+impl Hints for MemHints {
+    fn get(&self, set: usize) -> Option<IpAddr> {
+        self.last.get(&set).copied()
+    }
+    fn set(&mut self, set: usize, ip: IpAddr) {
+        self.last.insert(set, ip);
+    }
+    fn blocks(&self) -> Option<Vec<IpNet>> {
+        self.blocks.clone()
+    }
+    fn set_blocks(&mut self, blocks: Vec<IpNet>) {
+        self.blocks = Some(blocks);
+    }
+    fn epoch(&self) -> Option<Epoch> {
+        self.epoch
+    }
+    fn set_epoch(&mut self, epoch: Epoch) {
+        self.epoch = Some(epoch);
+    }
+}
+
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(network: &str) -> Self {
+        Keys {
+            base: format!("/weft/v1/ipam/{network}/"),
+        }
+    }
+    pub fn owner(&self, cid: &str, ifname: &str) -> String {
+        format!("{}owners/{cid}/{ifname}", self.base)
+    }
+    pub fn owners(&self) -> String {
+        format!("{}owners/", self.base)
+    }
+    pub fn ip(&self, ip: IpAddr) -> String {
+        format!("{}ips/{}", self.base, addr_key(ip))
+    }
+    pub fn ips(&self) -> String {
+        format!("{}ips/", self.base)
+    }
+    /// Every reservation inside `block`.
+    pub fn ips_in(&self, block: &IpNet) -> Read {
+        Read::Range {
+            start: self.ip(block.network()),
+            end: format!("{}\0", self.ip(block.broadcast())),
+        }
+    }
+    pub fn block(&self, b: &IpNet) -> String {
+        format!("{}blocks/{}", self.base, block_key(b))
+    }
+    pub fn blocks(&self) -> String {
+        format!("{}blocks/", self.base)
+    }
+    pub fn node_blocks(&self, node: &str) -> String {
+        format!("{}nodes/{node}/", self.base)
+    }
+    pub fn node_block(&self, node: &str, b: &IpNet) -> String {
+        format!("{}{}", self.node_blocks(node), block_key(b))
+    }
+}
+
+/// Reads a block back from the tail of its key ("4-0a000000-26").
+pub fn parse_block_key(key: &str) -> Option<IpNet> {
+    let tail = key.rsplit('/').next()?;
+    let mut parts = tail.split('-');
+    let (family, hex, prefix) = (parts.next()?, parts.next()?, parts.next()?);
+    let v = u128::from_str_radix(hex, 16).ok()?;
+    IpNet::new(from_u128(v, family == "6"), prefix.parse().ok()?).ok()
+}
+
+pub(crate) fn addr_of_ip_key(key: &str) -> Option<IpAddr> {
+    let tail = key.rsplit('/').next()?;
+    let (family, hex) = tail.split_once('-')?;
+    Some(from_u128(
+        u128::from_str_radix(hex, 16).ok()?,
+        family == "6",
+    ))
+}
+
+/// A small xorshift generator: retries pick a random free address so that
+/// racing allocators spread out instead of colliding again.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1);
+        Rng((t as u64) ^ ((std::process::id() as u64) << 32) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn next_u128(&mut self) -> u128 {
+        ((self.next() as u128) << 64) | self.next() as u128
+    }
+}
+
+pub struct Allocator<'a, S: Store> {
+    pub(crate) cfg: &'a IpamConfig,
+    pub(crate) store: &'a mut S,
+    pub(crate) keys: Keys,
+    rng: Rng,
+    /// Recorded with each reservation (CNI_NETNS).
+    pub netns: Option<String>,
+    /// This host's agent runs: a reservation also needs [`ready_key`], so
+    /// none is made between a wipe of etcd and the agent's repair.
+    pub wait_ready: bool,
+}
+
+/// Where one range set's address will come from in the next attempt.
+#[derive(Debug, Clone)]
+enum Pick {
+    Static(IpAddr),
+    /// Inside a block we hold (the transaction checks we still do).
+    Own(IpAddr, IpNet),
+    /// Inside another node's block.
+    Borrowed(IpAddr, IpNet),
+    /// Inside a free block, claimed by the same transaction.
+    Claim(IpAddr, IpNet),
+}
+
+impl Pick {
+    fn ip(&self) -> IpAddr {
+        match self {
+            Pick::Static(ip) | Pick::Own(ip, _) | Pick::Borrowed(ip, _) | Pick::Claim(ip, _) => *ip,
+        }
+    }
+    fn block(&self) -> Option<&IpNet> {
+        match self {
+            Pick::Own(_, b) | Pick::Borrowed(_, b) | Pick::Claim(_, b) => Some(b),
+            Pick::Static(_) => None,
+        }
+    }
+    /// A block this pick's transaction proves ours when it commits.
+    fn ours(&self) -> Option<&IpNet> {
+        match self {
+            Pick::Own(_, b) | Pick::Claim(_, b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Where a range set's next block comes from.
+enum Chosen {
+    /// etcd's index has it as ours; the cache had lost it.
+    Ours(IpNet),
+    /// Nobody holds it; the reservation claims it.
+    Free(IpNet),
+}
+
+impl<'a, S: Store> Allocator<'a, S> {
+    pub fn new(cfg: &'a IpamConfig, store: &'a mut S) -> Self {
+        Allocator {
+            cfg,
+            keys: Keys::new(&cfg.network),
+            store,
+            rng: Rng::new(),
+            netns: None,
+            wait_ready: false,
+        }
+    }
+
+    fn prefix_for(&self, set: usize) -> u8 {
+        if self.cfg.range_sets[set][0].is_v6() {
+            self.cfg.block_v6
+        } else {
+            self.cfg.block_v4
+        }
+    }
+
+    fn range_of(&self, ip: IpAddr) -> Option<(usize, &Range)> {
+        self.cfg
+            .range_sets
+            .iter()
+            .enumerate()
+            .find_map(|(i, set)| set.iter().find(|r| r.subnet.contains(&ip)).map(|r| (i, r)))
+    }
+
+    fn allocated(&self, ips: &[IpAddr]) -> Vec<Allocated> {
+        ips.iter()
+            .filter_map(|ip| {
+                Some(Allocated {
+                    ip: *ip,
+                    range: self.range_of(*ip)?.1.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Blocks of set `set` in `claimed` (keys of `blocks/` or `nodes/<n>/`).
+    fn blocks_of_set(&self, set: usize, kvs: &[Kv]) -> Vec<IpNet> {
+        let blocks: Vec<IpNet> = kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        self.in_set(set, &blocks)
+    }
+
+    fn in_set(&self, set: usize, blocks: &[IpNet]) -> Vec<IpNet> {
+        blocks
+            .iter()
+            .copied()
+            .filter(|b| {
+                self.cfg.range_sets[set]
+                    .iter()
+                    .any(|r| r.subnet.contains(&b.network()))
+            })
+            .collect()
+    }
+
+    /// The first free address of `block` at or after `from`, over every
+    /// range of the set.
+    fn next_free(
+        &self,
+        set: usize,
+        block: &IpNet,
+        from: IpAddr,
+        skip: &HashSet<IpAddr>,
+    ) -> Option<IpAddr> {
+        self.cfg.range_sets[set]
+            .iter()
+            .filter_map(|r| r.next_free_in(block, from, &self.cfg.exclude, skip))
+            .min_by_key(|ip| to_u128(*ip))
+    }
+
+    /// Up to `SAMPLE` distinct free addresses of `block`, each the first
+    /// free one after a random point: racing allocators spread over the
+    /// block, and the cost does not grow with the block's size.
+    fn sample_free(&mut self, set: usize, block: &IpNet, skip: &HashSet<IpAddr>) -> Vec<IpAddr> {
+        let (lo, hi) = (to_u128(block.network()), to_u128(block.broadcast()));
+        let span = (hi - lo).checked_add(1);
+        let mut out: Vec<IpAddr> = Vec::new();
+        for _ in 0..SAMPLE {
+            let r = self.rng.next_u128();
+            let at = from_u128(lo + span.map_or(r, |n| r % n), block.network().is_ipv6());
+            let Some(ip) = self
+                .next_free(set, block, at, skip)
+                .or_else(|| self.next_free(set, block, block.network(), skip))
+            else {
+                break;
+            };
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        out
+    }
+
+    fn first_free_after(
+        &self,
+        set: usize,
+        blocks: &[IpNet],
+        hint: Option<IpAddr>,
+        skip: &HashSet<IpAddr>,
+    ) -> Option<(IpAddr, IpNet)> {
+        // Start just after the hint when it lies in one of our blocks, so
+        // sequential allocations on a node rarely collide.
+        let start = hint.and_then(|h| blocks.iter().position(|b| b.contains(&h)).map(|i| (i, h)));
+        let order: Vec<usize> = match start {
+            Some((i, _)) => (i..blocks.len()).chain(0..i).collect(),
+            None => (0..blocks.len()).collect(),
+        };
+        for i in order {
+            let block = blocks[i];
+            let after_hint = start
+                .filter(|(si, _)| *si == i)
+                .and_then(|(_, h)| to_u128(h).checked_add(1))
+                .map(|v| from_u128(v, block.network().is_ipv6()))
+                .and_then(|from| self.next_free(set, &block, from, skip));
+            if let Some(ip) =
+                after_hint.or_else(|| self.next_free(set, &block, block.network(), skip))
+            {
+                return Some((ip, block));
+            }
+        }
+        None
+    }
+
+    /// ADD: the attachment's addresses, one per range set; the same ones
+    /// again when it already holds some.
+    pub fn add(
+        &mut self,
+        cid: &str,
+        ifname: &str,
+        requested: &[IpAddr],
+        hints: &mut dyn Hints,
+    ) -> Result<Vec<Allocated>> {
+        let node = self.cfg.node.clone();
+        let owner_key = self.keys.owner(cid, ifname);
+        // With the node's blocks cached, the reservation is the first and
+        // usually the only round trip: its compares check that the owner is
+        // new and the block still ours, and a failure reads back what changed.
+        // A cache from another epoch (etcd replaced or restored, or a file
+        // from before epochs were saved) is suspect as a whole: what a
+        // commit does not prove ours is dropped, what a failure reads
+        // replaces it.
+        let cached_epoch = hints.epoch();
+        let mut from_cache = hints.blocks().is_some();
+        let known: Vec<IpNet> = match hints.blocks() {
+            Some(blocks) => blocks,
+            None => {
+                let first = self
+                    .store
+                    .read(&[
+                        Read::Key(owner_key.clone()),
+                        Read::prefix(&self.keys.node_blocks(&node)),
+                    ])
+                    .map_err(store_err)?;
+                if let Some(kv) = first[0].kvs.first() {
+                    return self.existing(kv);
+                }
+                first[1]
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| parse_block_key(&kv.key))
+                    .collect()
+            }
+        };
+        let sets = self.cfg.range_sets.len();
+        let mut statics: Vec<Option<IpAddr>> = vec![None; sets];
+        for ip in requested {
+            let (set, range) = self.range_of(*ip).ok_or_else(|| {
+                Error::new(
+                    ADDRESS_UNAVAILABLE,
+                    format!("{ip} is in no range of network {}", self.cfg.network),
+                )
+            })?;
+            if !range.static_allowed(*ip, &self.cfg.exclude) {
+                return Err(Error::new(
+                    ADDRESS_UNAVAILABLE,
+                    format!(
+                        "{ip} is reserved or excluded in network {}",
+                        self.cfg.network
+                    ),
+                ));
+            }
+            if statics[set].replace(*ip).is_some() {
+                return Err(Error::new(
+                    ADDRESS_UNAVAILABLE,
+                    format!("two addresses requested from one range set ({ip})"),
+                ));
+            }
+        }
+        let mut known = known;
+        known.sort();
+        known.dedup();
+        let mut own: Vec<Vec<IpNet>> = (0..sets).map(|s| self.in_set(s, &known)).collect();
+        // Addresses known taken, learnt from failed attempts.
+        let mut taken: Vec<HashSet<IpAddr>> = vec![HashSet::new(); sets];
+        let mut free_known: Vec<Vec<(IpAddr, IpNet)>> = vec![Vec::new(); sets];
+
+        for _ in 0..MAX_ATTEMPTS {
+            let mut picks = Vec::with_capacity(sets);
+            for set in 0..sets {
+                let pick = if let Some(ip) = statics[set] {
+                    Pick::Static(ip)
+                } else if !free_known[set].is_empty() {
+                    let at = self.rng.below(free_known[set].len());
+                    let (ip, block) = free_known[set].swap_remove(at);
+                    if own[set].contains(&block) {
+                        Pick::Own(ip, block)
+                    } else {
+                        Pick::Borrowed(ip, block)
+                    }
+                } else if let Some((ip, block)) =
+                    self.first_free_after(set, &own[set], hints.get(set), &taken[set])
+                {
+                    Pick::Own(ip, block)
+                } else {
+                    match self.choose_block(set, &own[set])? {
+                        Some(Chosen::Ours(block)) => {
+                            own[set].push(block);
+                            let first = self.first_free_after(set, &[block], None, &taken[set]);
+                            picks.push(first.map(|(ip, b)| Pick::Own(ip, b)));
+                            continue;
+                        }
+                        Some(Chosen::Free(block)) => {
+                            let first = self.first_free_after(set, &[block], None, &taken[set]);
+                            picks.push(first.map(|(ip, b)| Pick::Claim(ip, b)));
+                            continue;
+                        }
+                        None => {
+                            free_known[set] = self.borrowable(set, &taken[set])?;
+                            if free_known[set].is_empty() {
+                                return Err(self.exhausted(set));
+                            }
+                            let at = self.rng.below(free_known[set].len());
+                            let (ip, block) = free_known[set].swap_remove(at);
+                            Pick::Borrowed(ip, block)
+                        }
+                    }
+                };
+                picks.push(Some(pick));
+            }
+            let Some(picks) = picks.into_iter().collect::<Option<Vec<Pick>>>() else {
+                continue;
+            };
+
+            let attempt = self.try_reserve(cid, ifname, &owner_key, &picks)?;
+            let now = self.store.epoch();
+            let stale =
+                from_cache && now.is_some_and(|n| cached_epoch.is_none_or(|c| !n.follows(&c)));
+            if let Some(n) = now {
+                hints.set_epoch(n);
+            }
+            match attempt {
+                Attempt::Done => {
+                    for (set, p) in picks.iter().enumerate() {
+                        if !matches!(p, Pick::Static(_)) {
+                            hints.set(set, p.ip());
+                        }
+                        if let Pick::Claim(_, b) = p {
+                            tracing::info!(block = %b, node = %node, "claimed block");
+                            own[set].push(*b);
+                        }
+                    }
+                    if stale {
+                        let proven: Vec<IpNet> =
+                            picks.iter().filter_map(Pick::ours).copied().collect();
+                        for o in own.iter_mut() {
+                            o.retain(|b| proven.contains(b));
+                        }
+                    }
+                    hints.set_blocks(own.iter().flatten().copied().collect());
+                    return Ok(self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>()));
+                }
+                Attempt::AlreadyHeld(kv) => return self.existing(&kv),
+                Attempt::NotReady => {
+                    self.wait_until_ready()?;
+                    continue;
+                }
+                Attempt::Lost {
+                    used,
+                    lost_blocks,
+                    index,
+                } => {
+                    if stale || !lost_blocks.is_empty() {
+                        from_cache = false;
+                        // One stale block means the cache is not to be
+                        // trusted: etcd's index replaces all of it, and the
+                        // cache is saved clean whatever happens next.
+                        for (set, o) in own.iter_mut().enumerate() {
+                            *o = self.in_set(set, &index);
+                            o.retain(|b| !lost_blocks.contains(b));
+                        }
+                        hints.set_blocks(own.iter().flatten().copied().collect());
+                    }
+                    for (set, p) in picks.iter().enumerate() {
+                        if let Pick::Static(ip) = p {
+                            if let Some(holder) =
+                                used.iter().find_map(|(ip2, h)| (ip2 == ip).then_some(h))
+                            {
+                                return Err(Error::new(
+                                    ADDRESS_UNAVAILABLE,
+                                    format!(
+                                        "{ip} is held by container {} ifname {} on node {}",
+                                        holder.container_id, holder.ifname, holder.node
+                                    ),
+                                ));
+                            }
+                            continue;
+                        }
+                        let block = p.block().copied();
+                        if let Pick::Claim(ip, b) = p {
+                            // Ours now if a sibling process on this node
+                            // claimed it first (the index says so);
+                            // otherwise another node won it: choose again.
+                            if index.contains(b) && !own[set].contains(b) {
+                                own[set].push(*b);
+                            }
+                            if !own[set].contains(b) {
+                                taken[set].insert(*ip);
+                                continue;
+                            }
+                        }
+                        if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
+                            // Not ours after all (a stale cache): forget it, and
+                            // do not fall back to borrowing from it.
+                            own[set].retain(|x| *x != b);
+                            continue;
+                        }
+                        let in_block: HashSet<IpAddr> = used
+                            .iter()
+                            .map(|(ip, _)| *ip)
+                            .filter(|ip| block.is_some_and(|b| b.contains(ip)))
+                            .collect();
+                        taken[set].extend(in_block.iter().copied());
+                        taken[set].insert(p.ip());
+                        if let Some(b) = block {
+                            let free = self.sample_free(set, &b, &taken[set]);
+                            free_known[set] = free.into_iter().map(|ip| (ip, b)).collect();
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            format!(
+                "too much contention allocating in network {}",
+                self.cfg.network
+            ),
+        ))
+    }
+
+    fn existing(&self, kv: &Kv) -> Result<Vec<Allocated>> {
+        let rec: OwnerRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+            Error::unexpected(format!("corrupt owner record at {}", kv.key)).with_details(e)
+        })?;
+        Ok(self.allocated(&rec.ips))
+    }
+
+    fn try_reserve(
+        &mut self,
+        cid: &str,
+        ifname: &str,
+        owner_key: &str,
+        picks: &[Pick],
+    ) -> Result<Attempt> {
+        let node = &self.cfg.node;
+        let holder = serde_json::to_vec(&Holder {
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            node: node.clone(),
+            netns: self.netns.clone(),
+        })
+        .map_err(|e| Error::unexpected("encoding holder").with_details(e))?;
+        let record = serde_json::to_vec(&OwnerRecord {
+            node: node.clone(),
+            ips: picks.iter().map(Pick::ip).collect(),
+        })
+        .map_err(|e| Error::unexpected("encoding owner record").with_details(e))?;
+        let mut compares = vec![Compare::Absent(owner_key.to_string())];
+        let mut writes = vec![Write::Put(owner_key.to_string(), record)];
+        let mut on_failure = vec![Read::Key(owner_key.to_string())];
+        for p in picks {
+            let key = self.keys.ip(p.ip());
+            compares.push(Compare::Absent(key.clone()));
+            writes.push(Write::Put(key.clone(), holder.clone()));
+            on_failure.push(Read::Key(key));
+            match p {
+                Pick::Own(_, b) => {
+                    compares.push(Compare::ValueIs(
+                        self.keys.block(b),
+                        node.as_bytes().to_vec(),
+                    ));
+                    on_failure.push(Read::Key(self.keys.block(b)));
+                }
+                Pick::Claim(_, b) => {
+                    compares.push(Compare::Absent(self.keys.block(b)));
+                    writes.push(Write::Put(self.keys.block(b), node.as_bytes().to_vec()));
+                    writes.push(Write::Put(self.keys.node_block(node, b), Vec::new()));
+                    on_failure.push(Read::Key(self.keys.block(b)));
+                }
+                Pick::Static(_) | Pick::Borrowed(..) => {}
+            }
+            if let Some(b) = p.block() {
+                on_failure.push(self.keys.ips_in(b));
+            }
+        }
+        // When a cached block is gone, the whole cache may be stale (etcd
+        // restored, the network made anew): its truth comes back in the
+        // same round trip.
+        on_failure.push(Read::prefix(&self.keys.node_blocks(node)));
+        if self.wait_ready {
+            compares.push(Compare::Present(ready_key(node)));
+            on_failure.push(Read::Key(ready_key(node)));
+        }
+        let r = self
+            .store
+            .txn(&compares, &writes, &on_failure)
+            .map_err(store_err)?;
+        if r.succeeded {
+            return Ok(Attempt::Done);
+        }
+        if let Some(kv) = r.reads.first().and_then(|x| x.kvs.first()) {
+            return Ok(Attempt::AlreadyHeld(kv.clone()));
+        }
+        let short = || Error::unexpected("etcd answered fewer reads than asked");
+        let mut reads = &r.reads[1..];
+        if self.wait_ready {
+            let (ready, rest) = reads.split_last().ok_or_else(short)?;
+            if ready.kvs.is_empty() {
+                return Ok(Attempt::NotReady);
+            }
+            reads = rest;
+        }
+        let mut used = Vec::new();
+        let mut lost_blocks = Vec::new();
+        let (index_read, reads) = reads.split_last().ok_or_else(short)?;
+        let index: Vec<IpNet> = index_read
+            .kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        // A block of ours whose key is absent is lost as surely as one
+        // another node holds.
+        for p in picks {
+            if let Pick::Own(_, b) = p {
+                let key = self.keys.block(b);
+                if !reads.iter().any(|rr| rr.kvs.iter().any(|kv| kv.key == key)) {
+                    lost_blocks.push(*b);
+                }
+            }
+        }
+        for rr in reads {
+            for kv in &rr.kvs {
+                if let Some(b) = kv
+                    .key
+                    .contains("/blocks/")
+                    .then(|| parse_block_key(&kv.key))
+                    .flatten()
+                {
+                    let cached = picks
+                        .iter()
+                        .any(|p| matches!(p, Pick::Own(_, ob) if *ob == b));
+                    if cached && kv.value != node.as_bytes() {
+                        lost_blocks.push(b);
+                    }
+                } else if let (Some(ip), Ok(h)) = (
+                    addr_of_ip_key(&kv.key),
+                    serde_json::from_slice::<Holder>(&kv.value),
+                ) {
+                    used.push((ip, h));
+                }
+            }
+        }
+        Ok(Attempt::Lost {
+            used,
+            lost_blocks,
+            index,
+        })
+    }
+
+    /// Polls for [`ready_key`] up to [`READY_WAIT`]; past that the agent is
+    /// stuck or gone, and the ADD goes on without waiting again.
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let key = ready_key(&self.cfg.node);
+        // Within the ADD's etcd budget, which also has the allocation to pay.
+        let budget = std::time::Duration::from_millis(self.cfg.etcd.timeout_ms / 2);
+        let until = std::time::Instant::now() + READY_WAIT.min(budget);
+        tracing::info!(node = %self.cfg.node, "waiting for this host's agent to restore its reservations");
+        while std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let r = self
+                .store
+                .read(&[Read::Key(key.clone())])
+                .map_err(store_err)?;
+            if r.first().is_some_and(|r| !r.kvs.is_empty()) {
+                return Ok(());
+            }
+        }
+        tracing::warn!(node = %self.cfg.node, wait = ?READY_WAIT,
+            "this host's agent did not restore its reservations in time; allocating without it");
+        self.wait_ready = false;
+        Ok(())
+    }
+
+    /// The block to take the next address of `set` from: one of ours the
+    /// cache lacks, else a free one for the reservation to claim; None when
+    /// none is left. One read.
+    fn choose_block(&mut self, set: usize, own: &[IpNet]) -> Result<Option<Chosen>> {
+        let node = self.cfg.node.clone();
+        let prefix = self.prefix_for(set);
+        let r = self
+            .store
+            .read(&[
+                Read::prefix(&self.keys.blocks()),
+                Read::prefix(&self.keys.node_blocks(&node)),
+            ])
+            .map_err(store_err)?;
+        // Ours in etcd but not in the cache (another weft-ipam on this
+        // node claimed it, or the cache was dropped): use it first.
+        let forgotten = self
+            .blocks_of_set(set, &r[1].kvs)
+            .into_iter()
+            .find(|b| !own.contains(b));
+        if let Some(b) = forgotten {
+            return Ok(Some(Chosen::Ours(b)));
+        }
+        let claimed: HashSet<IpNet> = r[0]
+            .kvs
+            .iter()
+            .filter_map(|kv| parse_block_key(&kv.key))
+            .collect();
+        // Several of the first free blocks, so racing nodes tend to differ.
+        let none = HashSet::new();
+        let mut free: Vec<IpNet> = Vec::new();
+        for r in &self.cfg.range_sets[set] {
+            for b in r.blocks(prefix) {
+                if free.len() >= 8 {
+                    break;
+                }
+                if !claimed.contains(&b)
+                    && !free.contains(&b)
+                    && r.next_free_in(&b, b.network(), &self.cfg.exclude, &none)
+                        .is_some()
+                {
+                    free.push(b);
+                }
+            }
+        }
+        if free.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Chosen::Free(free[self.rng.below(free.len())])))
+    }
+
+    /// Free addresses in other nodes' blocks of `set`.
+    fn borrowable(&mut self, set: usize, taken: &HashSet<IpAddr>) -> Result<Vec<(IpAddr, IpNet)>> {
+        let claimed = self
+            .store
+            .read(&[Read::prefix(&self.keys.blocks())])
+            .map_err(store_err)?;
+        let blocks = self.blocks_of_set(set, &claimed[0].kvs);
+        let mut order: Vec<usize> = (0..blocks.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, self.rng.below(i + 1));
+        }
+        for i in order {
+            let block = blocks[i];
+            let used = self
+                .store
+                .read(&[self.keys.ips_in(&block)])
+                .map_err(store_err)?;
+            let mut used: HashSet<IpAddr> = used[0]
+                .kvs
+                .iter()
+                .filter_map(|kv| addr_of_ip_key(&kv.key))
+                .collect();
+            used.extend(taken.iter().copied());
+            let free = self.sample_free(set, &block, &used);
+            if !free.is_empty() {
+                return Ok(free.into_iter().map(|ip| (ip, block)).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    pub(crate) fn exhausted(&self, set: usize) -> Error {
+        let ranges: Vec<String> = self.cfg.range_sets[set]
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
+        Error::new(
+            POOL_EXHAUSTED,
+            format!(
+                "network {} has no free address left in range set {set} ({})",
+                self.cfg.network,
+                ranges.join(", ")
+            ),
+        )
+    }
+}
+
+enum Attempt {
+    Done,
+    AlreadyHeld(Kv),
+    /// This host's agent has not put back the node's reservations yet.
+    NotReady,
+    Lost {
+        used: Vec<(IpAddr, Holder)>,
+        lost_blocks: Vec<IpNet>,
+        /// The node's index of its blocks as etcd has it, read when a
+        /// cached block turned out not to be ours.
+        index: Vec<IpNet>,
+    },
+}
+
+#[cfg(test)]
+#[path = "alloc_tests.rs"]
+mod tests;
