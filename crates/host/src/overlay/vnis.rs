@@ -108,8 +108,8 @@ pub fn plan(
     let mut fixes = Vec::new();
     for (net, &t) in sorted {
         if let Some(&v) = records.get(net) {
-            if !owners.contains_key(&v) {
-                owners.insert(v, net.clone());
+            if let std::collections::hash_map::Entry::Vacant(e) = owners.entry(v) {
+                e.insert(net.clone());
                 fixes.push(Fix::Reserve {
                     net: net.clone(),
                     vni: v,
