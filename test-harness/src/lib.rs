@@ -4,11 +4,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
-pub mod bench;
-pub mod bench_overlay;
 pub mod cleanup;
 pub mod cluster;
-pub mod demo;
 pub mod etcd;
 pub mod fabric;
 pub mod host;
@@ -19,7 +16,6 @@ pub mod pki;
 pub mod probe;
 pub mod rawsock;
 pub mod runtime;
-pub mod vm;
 
 pub use host::{Container, Host};
 pub use runtime::{Attach, Call, Network, Outcome};

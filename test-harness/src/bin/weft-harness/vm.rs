@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cleanup::{self, Resource};
-use crate::host::ScratchDir;
+use weft_harness::cleanup::{self, Resource};
+use weft_harness::host::ScratchDir;
 
 const BOOTED: &str = "WEFT-VM-BOOTED";
 const EXITED: &str = "WEFT-VM-EXIT ";

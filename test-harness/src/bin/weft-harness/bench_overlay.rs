@@ -11,10 +11,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::bench::{ms, reference_plugin, stats};
-use crate::cluster::{Agent, Cluster, Placed, UNDERLAY_PORT};
-use crate::host::Container;
-use crate::netns::Netns;
-use crate::runtime::{Attach, Network};
+use weft_harness::cluster::{Agent, Cluster, Placed, UNDERLAY_PORT};
+use weft_harness::host::Container;
+use weft_harness::netns::Netns;
+use weft_harness::runtime::{Attach, Network};
 
 const NET: (&str, &str) = ("blue", "10.250.0.0/16");
 
@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    crate::require_root();
+    weft_harness::require_root();
     throughput(o.seconds, o.rounds)?;
     if o.throughput_only {
         return Ok(());
@@ -109,7 +109,7 @@ fn throughput(seconds: u32, rounds: usize) -> Result<()> {
     for underlay_mtu in [1500, 9000] {
         throughput_over(underlay_mtu, seconds, rounds)?;
     }
-    let datapath = if crate::ovs::kernel_datapath() {
+    let datapath = if weft_harness::ovs::kernel_datapath() {
         "kernel datapath (system). In weft-harness vm's guest under TCG the CPU is emulated: \
          compare the ratios only, never the Mbit/s"
     } else {

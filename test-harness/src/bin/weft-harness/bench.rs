@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use crate::etcd::Etcd;
-use crate::fabric::Fabric;
-use crate::host::{Container, Host};
-use crate::runtime::{weft_ipam_conf, weft_plugin, Attach, Network};
+use weft_harness::etcd::Etcd;
+use weft_harness::fabric::Fabric;
+use weft_harness::host::{Container, Host};
+use weft_harness::runtime::{weft_ipam_conf, weft_plugin, Attach, Network};
 
 pub struct Stats {
     pub median: Duration,
@@ -90,7 +90,7 @@ fn settle() {
 
 /// Our children other than the daemons the harness runs (OVS, etcd).
 fn plugin_leftovers(me: i32) -> usize {
-    let ours = crate::cleanup::registered_pids();
+    let ours = weft_harness::cleanup::registered_pids();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -143,7 +143,7 @@ fn side(name: &'static str, plugin: Value, network: &str) -> Result<Side> {
 /// Runs `runs` interleaved ADD/DEL cycles per side and prints the tables:
 /// latency against the reference, then allocation throughput.
 pub fn run(runs: usize, allocations: usize) -> Result<()> {
-    crate::require_root();
+    weft_harness::require_root();
     become_subreaper()?;
     let fabric = Fabric::new("bench")?;
     let etcd = Etcd::start(&fabric.netns, 1, None)?;
@@ -215,8 +215,8 @@ pub fn run(runs: usize, allocations: usize) -> Result<()> {
 fn throughput(fabric: &Fabric, etcd: &Etcd, per_node: usize) -> Result<()> {
     let nodes = 8;
     let log = etcd.dir.path.join("throughput.log");
-    let bin_ipam = crate::runtime::plugin_bin("weft-ipam")?;
-    let bin_local = crate::runtime::plugin_bin("host-local")?;
+    let bin_ipam = weft_harness::runtime::plugin_bin("weft-ipam")?;
+    let bin_local = weft_harness::runtime::plugin_bin("host-local")?;
     let run_side =
         |bin: &std::path::Path, conf_for: &dyn Fn(usize) -> Value| -> Result<(Duration, usize)> {
             let started = std::time::Instant::now();
@@ -227,14 +227,14 @@ fn throughput(fabric: &Fabric, etcd: &Etcd, per_node: usize) -> Result<()> {
                         s.spawn(move || -> usize {
                             let mut failed = 0;
                             for c in 0..per_node {
-                                let call = crate::runtime::Call {
+                                let call = weft_harness::runtime::Call {
                                     command: "ADD",
                                     container_id: &format!("n{n}-c{c}"),
                                     netns: Some(std::path::Path::new("/proc/self/ns/net")),
                                     ifname: "eth0",
                                     args: None,
                                 };
-                                let ok = crate::runtime::exec_raw(
+                                let ok = weft_harness::runtime::exec_raw(
                                     &fabric.netns,
                                     bin,
                                     &call.env(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cluster::{reach_matrix, render_matrix, Cluster, Placed, UNDERLAY_PORT};
+use weft_harness::cluster::{reach_matrix, render_matrix, Cluster, Placed, UNDERLAY_PORT};
 
 const NETS: [(&str, &str); 2] = [("blue", "10.250.0.0/16"), ("red", "10.251.0.0/16")];
 /// The agents' lease: short, so a host that leaves is seen to leave.
@@ -71,7 +71,7 @@ fn place(c: &Cluster, host: usize, (net, subnet): (&str, &str)) -> Result<Placed
 }
 
 pub fn run() -> Result<()> {
-    crate::require_root();
+    weft_harness::require_root();
     println!("== weft demo: containers on three hosts, two isolated networks ==\n");
     let mut c = Cluster::new("demo", 3)?;
     println!(

@@ -1,4 +1,10 @@
-//! `weft-harness`: the demo and the benchmarks.
+//! `weft-harness`: the demo, the benchmarks and the VM runner, over the
+//! harness library the tests use.
+
+mod bench;
+mod bench_overlay;
+mod demo;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -82,7 +88,7 @@ enum Cmd {
 fn main() -> Result<()> {
     weft_harness::cleanup::init();
     let result = match Cli::parse().cmd {
-        Cmd::Demo => weft_harness::demo::run(),
+        Cmd::Demo => demo::run(),
         Cmd::Bench {
             runs,
             allocations,
@@ -97,10 +103,10 @@ fn main() -> Result<()> {
             let single = if overlay_only {
                 Ok(())
             } else {
-                weft_harness::bench::run(runs, allocations)
+                bench::run(runs, allocations)
             };
             single.and_then(|()| {
-                weft_harness::bench_overlay::run(&weft_harness::bench_overlay::Options {
+                bench_overlay::run(&bench_overlay::Options {
                     seconds,
                     rounds,
                     joins,
@@ -148,14 +154,14 @@ fn vm(tcg: bool, boot_within: u64, run_within: u64, env: Vec<String>, cmd: &[Str
     eprintln!("weft-harness vm: pid {}", std::process::id());
     let go = || -> Result<i32> {
         let src = std::env::current_dir()?;
-        let mut o = weft_harness::vm::Options::new(&src)?;
+        let mut o = vm::Options::new(&src)?;
         o.env = env;
         o.boot_within = std::time::Duration::from_secs(boot_within);
         o.run_within = std::time::Duration::from_secs(run_within);
         if tcg {
-            o.accel = Some(weft_harness::vm::Accel::Tcg);
+            o.accel = Some(vm::Accel::Tcg);
         }
-        let out = weft_harness::vm::run(&cmd.join(" "), &o)?;
+        let out = vm::run(&cmd.join(" "), &o)?;
         eprintln!(
             "weft-harness vm: exit code {} ({:?}, booted in {:.1?})",
             out.code, out.accel, out.boot
@@ -178,7 +184,7 @@ fn vm_test_script(suites: &[String]) -> Result<String> {
     );
     let bin_dir = std::fs::canonicalize(&bin_dir)?;
     let pkg = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    weft_harness::vm::suites_script(pkg, &bin_dir.join("deps"), suites)
+    vm::suites_script(pkg, &bin_dir.join("deps"), suites)
 }
 
 fn vm_test_env() -> Vec<String> {
