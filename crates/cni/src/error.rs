@@ -1,7 +1,8 @@
 //! The one error type every weft binary reports, and the CNI codes it maps to.
 //!
-//! Codes below 100 are the spec's; codes from 100 up are ours and are listed in
-//! the README's error table. Errors that come back from a delegated plugin keep
+//! Codes below 100 are the spec's (those weft reports); codes from 100 up are
+//! ours. Every code defined here has exactly one row in the README's error
+//! table (a test below checks). Errors that come back from a delegated plugin keep
 //! their code, message and details unchanged.
 
 use std::fmt;
@@ -9,7 +10,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub const INCOMPATIBLE_VERSION: u32 = 1;
-pub const UNSUPPORTED_FIELD: u32 = 2;
 pub const UNKNOWN_CONTAINER: u32 = 3;
 pub const INVALID_ENV: u32 = 4;
 pub const IO_FAILURE: u32 = 5;
@@ -17,7 +17,6 @@ pub const DECODE_FAILURE: u32 = 6;
 pub const INVALID_CONFIG: u32 = 7;
 pub const TRY_AGAIN_LATER: u32 = 11;
 pub const NOT_AVAILABLE: u32 = 50;
-pub const LIMITED_CONNECTIVITY: u32 = 51;
 
 /// OVSDB refused a transaction or could not be spoken to mid-operation.
 pub const OVSDB_FAILURE: u32 = 100;
@@ -124,6 +123,32 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_has_one_row_per_code_in_order() {
+        let defined: Vec<u32> = include_str!("error.rs")
+            .lines()
+            .filter_map(|l| {
+                let v = l.strip_prefix("pub const ")?.split_once(": u32 = ")?.1;
+                v.strip_suffix(';')?.parse().ok()
+            })
+            .collect();
+        let readme = include_str!("../../../README.md");
+        let table = readme
+            .split("\n## Errors\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap();
+        let rows: Vec<u32> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+            .collect();
+        let mut want = defined.clone();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(want.len(), defined.len(), "a code is defined twice");
+        assert_eq!(rows, want, "the README's error table, one row per code");
+    }
 
     #[test]
     fn error_json_has_spec_fields_and_omits_empty_details() {
