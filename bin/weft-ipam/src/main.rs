@@ -18,12 +18,6 @@ use weft_store::{Epoch, Store};
 
 struct WeftIpam;
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
 fn setup(ctx: &Context) -> Result<(IpamConfig, EtcdStore)> {
     let raw = &ctx.conf.raw;
     let ipam = raw
@@ -39,22 +33,8 @@ fn setup(ctx: &Context) -> Result<(IpamConfig, EtcdStore)> {
         .or(raw.get("logLevel"))
         .and_then(|v| v.as_str());
     weft_cni::logging::init(log_file.as_deref(), log_level);
-    // Under weft, the network's own `etcd` and `node.name` serve IPAM too,
-    // so a conflist says where etcd is once.
-    let mut ipam = ipam.clone();
-    if let Some(obj) = ipam.as_object_mut() {
-        if !obj.contains_key("etcd") {
-            if let Some(etcd) = raw.get("etcd") {
-                obj.insert("etcd".into(), etcd.clone());
-            }
-        }
-        if !obj.contains_key("nodeName") {
-            if let Some(name) = raw.get("node").and_then(|n| n.get("name")) {
-                obj.insert("nodeName".into(), name.clone());
-            }
-        }
-    }
-    let cfg = IpamConfig::parse(&ctx.conf.name, &ipam, &hostname())?;
+    let ipam = weft_alloc::config::inherited(ipam, raw);
+    let cfg = IpamConfig::parse(&ctx.conf.name, &ipam, &weft_store::hostname())?;
     let started = std::time::Instant::now();
     let store = EtcdStore::connect(&cfg.etcd)?;
     tracing::debug!(

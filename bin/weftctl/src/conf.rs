@@ -60,19 +60,12 @@ impl Loaded {
     /// weft-ipam's config for `network` (the conflist's own when None),
     /// falling back to weft's etcd and node name as weft-ipam does.
     pub fn ipam(&self, network: Option<&str>) -> Result<IpamConfig> {
-        let mut ipam = self.plugin["ipam"].clone();
+        let ipam = &self.plugin["ipam"];
         if ipam["type"] != "weft-ipam" {
             bail!("this network's IPAM is {}, not weft-ipam", ipam["type"]);
         }
-        if ipam.get("etcd").is_none() {
-            ipam["etcd"] = self.plugin["etcd"].clone();
-        }
-        if ipam.get("nodeName").is_none() {
-            if let Some(o) = &self.weft.overlay {
-                ipam["nodeName"] = o.node.clone().into();
-            }
-        }
+        let ipam = weft_alloc::config::inherited(ipam, &self.plugin);
         let net = network.unwrap_or(&self.weft.network);
-        IpamConfig::parse(net, &ipam, &weft_host::overlay::config::hostname()).map_err(cni)
+        IpamConfig::parse(net, &ipam, &weft_store::hostname()).map_err(cni)
     }
 }

@@ -171,6 +171,26 @@ fn parse_block(v: Option<&Value>, field: &str, default: u8, max: u8) -> Result<u
     }
 }
 
+/// The `ipam` section as weft-ipam reads it under weft: the network's own
+/// `etcd` and `node.name` serve IPAM too, unless `ipam` sets its own, so a
+/// conflist says where etcd is once. `plugin` is the whole plugin config.
+pub fn inherited(ipam: &Value, plugin: &Value) -> Value {
+    let mut ipam = ipam.clone();
+    if let Some(obj) = ipam.as_object_mut() {
+        if !obj.contains_key("etcd") {
+            if let Some(etcd) = plugin.get("etcd") {
+                obj.insert("etcd".into(), etcd.clone());
+            }
+        }
+        if !obj.contains_key("nodeName") {
+            if let Some(name) = plugin.get("node").and_then(|n| n.get("name")) {
+                obj.insert("nodeName".into(), name.clone());
+            }
+        }
+    }
+    ipam
+}
+
 impl IpamConfig {
     /// `hostname` is the default node name; passed in so this stays pure.
     pub fn parse(network: &str, ipam: &Value, hostname: &str) -> Result<Self> {
@@ -263,6 +283,17 @@ impl IpamConfig {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ipam_inherits_etcd_and_node_name_unless_it_sets_its_own() {
+        let plugin = json!({"etcd": {"endpoints": ["http://a:2379"]}, "node": {"name": "n1"}});
+        let got = inherited(&json!({"type": "weft-ipam"}), &plugin);
+        assert_eq!(got["etcd"], plugin["etcd"]);
+        assert_eq!(got["nodeName"], "n1");
+        let own = json!({"etcd": {"endpoints": ["http://b:2379"]}, "nodeName": "n2"});
+        assert_eq!(inherited(&own, &plugin), own);
+        assert_eq!(inherited(&json!({}), &json!({})), json!({}));
+    }
 
     fn issue_example() -> Value {
         json!({"type": "weft-ipam",

@@ -131,7 +131,7 @@ impl Config {
                 "hostAccess needs gateway: true (the host is reached through the gateway)",
             ));
         }
-        let overlay = Overlay::parse(raw, &crate::overlay::config::hostname())?;
+        let overlay = Overlay::parse(raw, &weft_store::hostname())?;
 
         let log_file = opt_str(raw, "logFile")?.map(PathBuf::from);
         let log_level = opt_str(raw, "logLevel")?.map(String::from);

@@ -124,6 +124,14 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+/// The host's name: the default node name, under which weft and weft-ipam
+/// keep a host's records.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// The CNI error a store failure is reported as.
 pub fn store_err(e: StoreError) -> Error {
     match e.kind {

@@ -171,13 +171,6 @@ impl Overlay {
     }
 }
 
-/// The host's name, the default node name (weft-ipam uses the same).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
