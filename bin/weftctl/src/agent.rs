@@ -65,12 +65,12 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore, prune: Prune) -> Result<
     let tunnels_of = |net: &str| -> Vec<tunnels::Existing> {
         ports
             .iter()
-            .filter(|p| p.id(tunnels::ids::TUNNEL_FOR) == Some(net))
+            .filter(|p| p.id(weft_host::ids::TUNNEL_FOR) == Some(net))
             .filter_map(|p| {
                 Some(tunnels::Existing {
                     uuid: p.uuid.clone(),
                     name: p.name.clone(),
-                    spec: p.id(tunnels::ids::SPEC)?.to_string(),
+                    spec: p.id(weft_host::ids::SPEC)?.to_string(),
                 })
             })
             .collect()
@@ -91,7 +91,7 @@ pub fn reconcile_all(l: &Loaded, store: &mut EtcdStore, prune: Prune) -> Result<
     let orphans: Vec<String> = ports
         .iter()
         .filter(|p| {
-            p.id(tunnels::ids::TUNNEL_FOR)
+            p.id(weft_host::ids::TUNNEL_FOR)
                 .is_some_and(|n| !nets.iter().any(|x| x == n))
         })
         .map(|p| p.uuid.clone())

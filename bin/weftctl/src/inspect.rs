@@ -7,7 +7,6 @@ use etcd_client::GetOptions;
 use serde_json::{json, Value};
 use weft_alloc::alloc::Allocator;
 use weft_host::overlay::registry::{self, NetworkRecord};
-use weft_host::overlay::tunnels;
 use weft_host::ovs::Ovs;
 use weft_store::{Read, Store};
 
@@ -153,11 +152,11 @@ pub fn tunnels(l: &Loaded, json: bool) -> Result<()> {
     let mut t = Table::new(&["PORT", "NETWORK", "PEER", "TYPE/REMOTE/PORT/VNI"]);
     let mut doc = Vec::new();
     for p in ovs.weft_ports().map_err(cni)? {
-        let Some(net) = p.id(tunnels::ids::TUNNEL_FOR) else {
+        let Some(net) = p.id(weft_host::ids::TUNNEL_FOR) else {
             continue;
         };
-        let peer = p.id(tunnels::ids::PEER).unwrap_or("?");
-        let spec = p.id(tunnels::ids::SPEC).unwrap_or("?");
+        let peer = p.id(weft_host::ids::PEER).unwrap_or("?");
+        let spec = p.id(weft_host::ids::SPEC).unwrap_or("?");
         t.row(vec![p.name.clone(), net.into(), peer.into(), spec.into()]);
         doc.push(json!({"port": p.name, "network": net, "peer": peer, "spec": spec}));
     }

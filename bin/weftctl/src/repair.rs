@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use anyhow::Result;
 use weft_alloc::alloc::{Allocator, Keys, MemHints};
+use weft_host::ids;
 use weft_host::link::Netlink;
-use weft_host::names::ids;
 use weft_host::ovs::Ovs;
 use weft_store::{Compare, Store, Write};
 

@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 use weft_alloc::alloc::Allocator;
+use weft_host::ids;
+use weft_host::ids::GATEWAY_FOR;
 use weft_host::link::Netlink;
-use weft_host::names::ids;
-use weft_host::overlay::gateway::GATEWAY_FOR;
 use weft_host::overlay::registry;
-use weft_host::overlay::tunnels;
 use weft_host::ovs::Ovs;
 use weft_store::{Compare, Read, Store, Write};
 
@@ -413,7 +412,7 @@ pub fn cleanup(l: &Loaded, keep_registration: bool, json: bool) -> Result<()> {
         let ports = ovs.weft_ports().map_err(cni)?;
         ovs.remove(&ports).map_err(cni)?;
         for p in &ports {
-            let kind = if p.id(tunnels::ids::TUNNEL_FOR).is_some() {
+            let kind = if p.id(weft_host::ids::TUNNEL_FOR).is_some() {
                 "tunnel"
             } else if p.id(GATEWAY_FOR).is_some() {
                 "gateway"

@@ -15,11 +15,11 @@ use weft_cni::Command;
 use weft_ovsdb::plan::{self, PortSpec};
 
 use crate::config::{kernel_datapath_available, Config};
-use crate::firewall::{self, GatewayRules};
+use crate::firewall::GatewayRules;
+use crate::ids::{self, TUNNEL_FOR};
 use crate::link::Netlink;
-use crate::names::{self, ids};
+use crate::names;
 use crate::overlay::gateway::{self, Gateway};
-use crate::overlay::tunnels::ids::TUNNEL_FOR;
 use crate::overlay::{self, underlay};
 use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;
@@ -63,10 +63,7 @@ fn attach_plan(
         .chain(plan::find_port_by_name(gw_name))
         .collect();
     if cfg.gateway {
-        extra.extend(plan::find_ports(&[(
-            firewall::ids::KIND,
-            firewall::ids::GATEWAY,
-        )]));
+        extra.extend(plan::find_ports(&[(ids::KIND, ids::GATEWAY)]));
     }
     // The VLAN must still be this network's when the port goes on it: GC
     // may forget an unused one at any moment.
@@ -88,7 +85,7 @@ fn attach_plan(
             &[
                 (ids::NETWORK, &cfg.network),
                 (TUNNEL_FOR, &cfg.network),
-                (gateway::GATEWAY_FOR, &cfg.network),
+                (ids::GATEWAY_FOR, &cfg.network),
             ],
         ));
     }

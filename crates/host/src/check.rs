@@ -7,8 +7,9 @@ use weft_cni::skel::Context;
 use weft_cni::Command;
 
 use crate::config::Config;
+use crate::ids;
 use crate::link::Netlink;
-use crate::names::{self, ids};
+use crate::names;
 use crate::netns;
 use crate::overlay::registry;
 use crate::ovs::Ovs;

@@ -25,23 +25,12 @@ use std::path::Path;
 use ipnet::IpNet;
 use weft_cni::error::Result;
 
-use crate::nft;
 use crate::ovs::{FoundPort, Ovs};
+use crate::{ids, nft};
 
 pub const TABLE: &str = "weft-gateways";
 /// Held while the table is rebuilt (see [`nft::Lock`]).
 pub const LOCK: &str = "/run/weft/nftables.lock";
-
-/// external_ids on gateway ports: what the firewall needs to know of each.
-pub mod ids {
-    /// `weft.kind=gateway`, so one select finds every gateway on the host.
-    pub const KIND: &str = "weft.kind";
-    pub const GATEWAY: &str = "gateway";
-    pub const ADDRESSES: &str = "weft.gateway.addresses";
-    pub const IP_MASQ: &str = "weft.gateway.ip_masq";
-    pub const HOST_ACCESS: &str = "weft.gateway.host_access";
-    pub const UNDERLAY: &str = "weft.gateway.underlay";
-}
 
 /// One gateway's part of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]

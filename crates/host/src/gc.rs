@@ -8,8 +8,8 @@ use weft_cni::skel::Context;
 use weft_cni::Command;
 
 use crate::config::Config;
+use crate::ids;
 use crate::link::Netlink;
-use crate::names::ids;
 use crate::ovs::Ovs;
 
 /// Removes this network's ports whose attachment the runtime no longer knows.

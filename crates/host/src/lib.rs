@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod garp;
 pub mod gc;
 pub mod hostend;
+pub mod ids;
 pub mod link;
 pub mod names;
 pub mod netns;

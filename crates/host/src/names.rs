@@ -51,16 +51,6 @@ pub fn host_veth(container_id: &str, ifname: &str) -> String {
     short_hash(HOST_VETH_PREFIX, &[container_id, ifname])
 }
 
-/// external_ids keys on the OVS port.
-pub mod ids {
-    pub const NETWORK: &str = "weft.network";
-    pub const CONTAINER_ID: &str = "weft.container_id";
-    pub const IFNAME: &str = "weft.ifname";
-    pub const NETNS: &str = "weft.netns";
-    pub const POD_NAME: &str = "weft.k8s_pod_name";
-    pub const POD_NAMESPACE: &str = "weft.k8s_pod_namespace";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,8 @@ use weft_ovsdb::{
     plan, read_map, read_uuid, Client, OvsError, OvsErrorKind, PendingRead, PendingTxn,
 };
 
-use crate::overlay::tunnels::{self, Existing};
-use crate::vlan;
+use crate::overlay::tunnels::Existing;
+use crate::{ids, vlan};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -179,7 +179,7 @@ impl Ovs {
     pub fn tunnel_ports(&mut self, net: &str) -> Result<Vec<Existing>> {
         let r = self
             .client
-            .transact(&plan::find_ports(&[(tunnels::ids::TUNNEL_FOR, net)]))
+            .transact(&plan::find_ports(&[(ids::TUNNEL_FOR, net)]))
             .map_err(ovs_err)?;
         Ok(existing_tunnels(r.first().unwrap_or(&Value::Null)))
     }
@@ -189,7 +189,11 @@ impl Ovs {
         let ports = self.find(plan::ports_with_ids())?;
         Ok(ports
             .into_iter()
-            .filter(|p| p.external_ids.iter().any(|(k, _)| k.starts_with("weft.")))
+            .filter(|p| {
+                p.external_ids
+                    .iter()
+                    .any(|(k, _)| k.starts_with(ids::PREFIX))
+            })
             .collect())
     }
 
@@ -206,7 +210,7 @@ impl Ovs {
         datapath_type: &str,
         ids: &[(&str, &str)],
     ) -> Result<bool> {
-        let mut all = vec![("weft.bridge", "true")];
+        let mut all = vec![(ids::BRIDGE, "true")];
         all.extend_from_slice(ids);
         match self.client.transact_and_wait(&plan::create_bridge(
             bridge,
@@ -459,7 +463,7 @@ impl Ovs {
     pub fn remove_own_bridge(&mut self, bridge: &str) -> Result<bool> {
         let r = self
             .client
-            .transact(&plan::own_bridge(bridge))
+            .transact(&plan::own_bridge(bridge, (ids::BRIDGE, "true")))
             .map_err(ovs_err)?;
         let Some(uuid) = r
             .first()
@@ -515,7 +519,7 @@ pub fn existing_tunnels(select_result: &Value) -> Vec<Existing> {
             rows.iter()
                 .filter_map(|row| {
                     let ids = read_map(&row["external_ids"]);
-                    let spec = ids.iter().find(|(k, _)| k == tunnels::ids::SPEC)?.1.clone();
+                    let spec = ids.iter().find(|(k, _)| k == ids::SPEC)?.1.clone();
                     Some(Existing {
                         uuid: read_uuid(&row["_uuid"])?.to_string(),
                         name: row["name"].as_str()?.to_string(),

@@ -18,7 +18,7 @@ pub const LOCAL: RangeInclusive<u32> = 4000..=4094;
 /// The bridge port's tag: a VLAN no network is on.
 pub const PARKED: u32 = 4095;
 
-const KEY_PREFIX: &str = "weft.vlan.";
+use crate::ids::VLAN_PREFIX as KEY_PREFIX;
 /// Where ADD remembers a single-host network's tag between runs, to skip a
 /// round trip to ovsdb-server. Only a hint: the attach transaction checks
 /// the bridge's record atomically and a stale hint costs one retry.
@@ -81,9 +81,9 @@ pub fn networks(ids: &[(String, String)]) -> Vec<(String, u32)> {
 
 /// The network a weft port serves: an attachment's, a tunnel's, a gateway's.
 pub fn network_of(p: &crate::ovs::FoundPort) -> Option<&str> {
-    p.id(crate::names::ids::NETWORK)
-        .or_else(|| p.id(crate::overlay::tunnels::ids::TUNNEL_FOR))
-        .or_else(|| p.id(crate::overlay::gateway::GATEWAY_FOR))
+    p.id(crate::ids::NETWORK)
+        .or_else(|| p.id(crate::ids::TUNNEL_FOR))
+        .or_else(|| p.id(crate::ids::GATEWAY_FOR))
 }
 
 /// Ports not on their network's VLAN, with the tag each should have;

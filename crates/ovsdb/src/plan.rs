@@ -274,10 +274,10 @@ pub fn interface_type(name: &str) -> Vec<Value> {
     ]
 }
 
-/// `bridge`, if weft created it.
-pub fn own_bridge(bridge: &str) -> Vec<Value> {
+/// `bridge`, if its external_ids include `marker` (the one its creator set).
+pub fn own_bridge(bridge: &str, marker: (&str, &str)) -> Vec<Value> {
     vec![json!({"op": "select", "table": "Bridge",
-                "where": [["name", "==", bridge], ["external_ids", "includes", map([("weft.bridge", "true")])]],
+                "where": [["name", "==", bridge], ["external_ids", "includes", map([marker])]],
                 "columns": ["_uuid"]})]
 }
 
@@ -301,7 +301,7 @@ mod tests {
         let spec = PortSpec {
             name: "wft0123".into(),
             tag: Some(7),
-            external_ids: vec![("weft.network".into(), "blue".into())],
+            external_ids: vec![("owner".into(), "blue".into())],
             ..Default::default()
         };
         let ops = add_port("br-weft", &spec, &[ping()[0].clone()]);
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(ops[ADD_PORT_BRIDGE_SELECT]["op"], "select");
         assert_eq!(
             ops[3]["row"]["external_ids"],
-            json!(["map", [["weft.network", "blue"]]])
+            json!(["map", [["owner", "blue"]]])
         );
         assert_eq!(ops[3]["row"]["tag"], 7);
         assert_eq!(

@@ -13,11 +13,10 @@ use weft_cni::result::IpConfig;
 use weft_ovsdb::plan::PortSpec;
 
 use crate::firewall::{self, GatewayRules};
+use crate::ids::GATEWAY_FOR;
 use crate::link::Netlink;
 use crate::names;
 use crate::ovs::{FoundPort, Ovs};
-
-pub const GATEWAY_FOR: &str = "weft.gateway_for";
 
 pub struct Gateway<'a> {
     pub network: &'a str,
@@ -190,7 +189,7 @@ mod tests {
         assert_eq!(s.mac, port_spec(&g, &rules(&g, &[])).mac);
         assert!(s
             .external_ids
-            .contains(&("weft.kind".into(), "gateway".into())));
+            .contains(&(crate::ids::KIND.into(), crate::ids::GATEWAY.into())));
         let other = Gateway {
             network: "red",
             ..g

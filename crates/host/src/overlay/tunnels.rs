@@ -9,16 +9,7 @@
 use weft_ovsdb::plan::PortSpec;
 
 use super::registry::{NetworkRecord, NodeRecord};
-use crate::names;
-
-/// external_ids on tunnel ports: the network and peer they serve, and a
-/// fingerprint of their settings so a changed peer is seen without reading
-/// the Interface table.
-pub mod ids {
-    pub const TUNNEL_FOR: &str = "weft.tunnel_for";
-    pub const PEER: &str = "weft.peer";
-    pub const SPEC: &str = "weft.tunnel";
-}
+use crate::{ids, names};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel {
