@@ -234,7 +234,7 @@ pub fn firewall_upkeep(l: &Loaded) -> Result<usize> {
         let path = format!("/proc/sys/net/ipv4/conf/{}/arp_ignore", g.port);
         match std::fs::read_to_string(&path) {
             Ok(v) if v.trim() != "1" => {
-                weft_host::overlay::gateway::restrict_arp(&g.port).map_err(cni)?;
+                weft_host::gateway::restrict_arp(&g.port).map_err(cni)?;
                 fixed += 1;
             }
             _ => {}

@@ -16,10 +16,10 @@ use weft_ovsdb::plan::{self, PortSpec};
 
 use crate::config::{kernel_datapath_available, Config};
 use crate::firewall::GatewayRules;
+use crate::gateway::{self, Gateway};
 use crate::ids::{self, TUNNEL_FOR};
 use crate::link::Netlink;
 use crate::names;
-use crate::overlay::gateway::{self, Gateway};
 use crate::overlay::{self, underlay};
 use crate::ovs::{self as ovs_mod, Ovs};
 use crate::undo::Undo;

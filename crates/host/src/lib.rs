@@ -11,6 +11,7 @@ pub mod ethtool;
 pub mod fastdel;
 pub mod firewall;
 pub mod garp;
+pub mod gateway;
 pub mod gc;
 pub mod hostend;
 pub mod ids;

@@ -1,9 +1,7 @@
-//! Multi-host: the registry in etcd, tunnels to every peer, the per-host
-//! gateway. Everything here is a no-op for a config without `etcd`, except
-//! the gateway, which also works on one host.
+//! Multi-host: the registry in etcd, tunnels to every peer, the underlay
+//! address, VNIs. Everything here is a no-op for a config without `etcd`.
 
 pub mod config;
-pub mod gateway;
 pub mod registry;
 pub mod tunnels;
 pub mod underlay;
