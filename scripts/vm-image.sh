@@ -14,6 +14,9 @@
 # scripts/debian-root.sh, then apt-get inside a copy of it. The copy is made
 # in a temporary folder and renamed into place; a lock keeps two runs apart.
 set -euo pipefail
+# Only the folder's path goes to stdout, where the runner reads it; what the
+# tools print (mkfs.ext4 names the file it creates) goes to stderr.
+exec 9>&1 1>&2
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${WEFT_CACHE:-/var/cache/weft}"
@@ -95,4 +98,4 @@ if [ ! -f "$out/complete" ]; then
   mv "$tmp/image" "$out"
   touch "$out/complete"
 fi
-echo "$out"
+echo "$out" >&9

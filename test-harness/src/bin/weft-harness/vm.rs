@@ -80,7 +80,12 @@ pub fn image(src: &Path) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("scripts/vm-image.sh failed ({})", out.status);
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(printed.trim());
+    if !dir.join("root.ext4").is_file() {
+        bail!("scripts/vm-image.sh printed {printed:?}, not the folder of a guest");
+    }
+    Ok(dir)
 }
 
 /// How a run ended.
