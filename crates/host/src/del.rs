@@ -64,12 +64,12 @@ fn remove_links(ctx: &Context, host_name: &str) -> Result<()> {
         if let Ok(ns) = netns::open(path) {
             let cont = nl.enter(&ns, false)?;
             // Deleting either end takes the pair down in one go.
-            if fastdel::delete(&nl, &cont.handle, &cont.raw, ctx.env.ifname())? {
+            if nl.delete_unwaited(&cont.handle, &cont.raw, ctx.env.ifname())? {
                 return Ok(());
             }
         }
     }
     // Catches a pair whose container end is unreachable (no CNI_NETNS given).
-    fastdel::delete(&nl, nl.host(), &fastdel::socket()?, host_name)?;
+    nl.delete_unwaited(nl.host(), &fastdel::socket()?, host_name)?;
     Ok(())
 }

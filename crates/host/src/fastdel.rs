@@ -9,8 +9,7 @@
 //! request and sits out the barrier, while we return as soon as the link is
 //! unlisted; the child exits on its own when the kernel is done.
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
@@ -19,11 +18,10 @@ use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::unistd::{fork, ForkResult};
-use rtnetlink::Handle;
+use nix::unistd::ForkResult;
 use weft_cni::error::{self, Error, Result};
 
-use crate::link::Netlink;
+use crate::forked::{self, detach};
 
 /// A raw rtnetlink socket; open it in the namespace whose links it deletes.
 pub fn socket() -> Result<Socket> {
@@ -73,57 +71,19 @@ fn child(sock: RawFd, request: &[u8], devnull: RawFd, report: RawFd) -> ! {
     }
 }
 
-/// Cuts a forked child loose from what the runtime waits on: stdio goes to
-/// `devnull` (the runtime reads our stdout until EOF), and every other fd
-/// but `a` and `b` is closed (a delegate's stdin pipe, say, would keep its
-/// peer waiting for EOF until the child exits). Async-signal-safe.
-pub(crate) unsafe fn detach(devnull: RawFd, a: RawFd, b: RawFd) {
-    // SAFETY: dup2 and close on fds; async-signal-safe.
-    unsafe {
-        libc::dup2(devnull, 0);
-        libc::dup2(devnull, 1);
-        libc::dup2(devnull, 2);
-        close_all_but(a, b);
-    }
+/// A deletion whose request a forked child is sending.
+pub struct Pending {
+    pid: nix::unistd::Pid,
+    done: OwnedFd,
 }
 
-/// Closes every fd above stdio except `a` and `b`; async-signal-safe.
-unsafe fn close_all_but(a: RawFd, b: RawFd) {
-    let (lo, hi) = (a.min(b) as u32, a.max(b) as u32);
-    let ranges = [
-        (3u32, lo.wrapping_sub(1)),
-        (lo + 1, hi.wrapping_sub(1)),
-        (hi + 1, u32::MAX),
-    ];
-    for (first, last) in ranges {
-        if first > last {
-            continue;
-        }
-        // SAFETY: closing fds is async-signal-safe; close_range needs Linux 5.9.
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
-        if rc != 0 {
-            for fd in first..=last.min(4096) {
-                // SAFETY: as above.
-                unsafe { libc::close(fd as RawFd) };
-            }
-        }
-    }
-}
-
-/// Deletes the link `name` seen through `h`/`sock`; returns once it is
-/// unlisted. Ok(false) when there was no such link.
-pub fn delete(nl: &Netlink, h: &Handle, sock: &Socket, name: &str) -> Result<bool> {
-    let Some(info) = nl.link(h, name)? else {
-        return Ok(false);
-    };
-    let request = dellink_request(info.index);
-    let devnull = std::fs::File::open("/dev/null")
-        .map_err(|e| Error::unexpected("cannot open /dev/null").with_details(e))?;
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| Error::unexpected("pipe").with_details(e))?;
-
+/// Forks the child that deletes link `index` through `sock` and sits out
+/// the kernel's barrier; [`Pending::finished`] says when it has answered.
+pub fn start(sock: &Socket, index: u32) -> Result<Pending> {
+    let request = dellink_request(index);
+    let (devnull, rd, wr) = forked::prepare()?;
     // SAFETY: the child only makes async-signal-safe calls (see `child`).
-    let forked = unsafe { fork() }.map_err(|e| Error::unexpected("fork").with_details(e))?;
-    let ForkResult::Parent { child: pid } = forked else {
+    let ForkResult::Parent { child: pid } = (unsafe { forked::fork() })? else {
         child(
             sock.as_raw_fd(),
             &request,
@@ -132,44 +92,31 @@ pub fn delete(nl: &Netlink, h: &Handle, sock: &Socket, name: &str) -> Result<boo
         );
     };
     drop(wr);
+    Ok(Pending { pid, done: rd })
+}
 
-    let started = Instant::now();
-    loop {
-        let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&rd),
-            PollFlags::POLLIN,
-        )];
-        let ready = poll(&mut fds, PollTimeout::from(1u8)).unwrap_or(0);
-        if ready > 0 {
-            // The child finished first: the request failed fast, or the barrier was quick.
-            let mut code = [0u8; 4];
-            let n = nix::unistd::read(&rd, &mut code).unwrap_or(0);
-            let _ = nix::sys::wait::waitpid(pid, None);
-            let code = if n == 4 {
-                -i32::from_ne_bytes(code)
-            } else {
-                libc::EIO
-            };
-            return match code {
-                0 => Ok(true),
-                libc::ENODEV => Ok(false),
-                errno => Err(Error::new(
-                    error::NETLINK_FAILURE,
-                    format!("cannot delete link {name}"),
-                )
-                .with_details(std::io::Error::from_raw_os_error(errno))),
-            };
+impl Pending {
+    /// Waits up to a millisecond for the child's answer: None while it has
+    /// none (the request is in the kernel), else whether the link was there
+    /// (Ok(false): ENODEV), or the errno the kernel refused with.
+    pub fn finished(&self) -> Option<std::result::Result<bool, i32>> {
+        let mut fds = [PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(1u8)).unwrap_or(0) == 0 {
+            return None;
         }
-        if nl.link_by_index(h, info.index)?.is_none() {
-            // Unlisted; the child is left to finish the kernel's cleanup alone.
-            return Ok(true);
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            return Err(Error::new(
-                error::NETLINK_FAILURE,
-                format!("deleting link {name} did not finish"),
-            ));
-        }
+        let mut code = [0u8; 4];
+        let n = nix::unistd::read(&self.done, &mut code).unwrap_or(0);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+        let code = if n == 4 {
+            -i32::from_ne_bytes(code)
+        } else {
+            libc::EIO
+        };
+        Some(match code {
+            0 => Ok(true),
+            libc::ENODEV => Ok(false),
+            errno => Err(errno),
+        })
     }
 }
 

@@ -8,9 +8,11 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::unistd::{fork, ForkResult};
+use nix::unistd::ForkResult;
 
 use weft_cni::{error, Error, Result};
+
+use crate::forked;
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -104,13 +106,11 @@ fn send_all(sock: RawFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> bool {
 /// no repeats) and closes the socket only after we have closed our copy, so
 /// the grace period of the last close is the child's.
 fn hand_over(sock: OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> Result<()> {
-    let devnull = std::fs::File::open("/dev/null")
-        .map_err(|e| Error::unexpected("cannot open /dev/null").with_details(e))?;
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| Error::unexpected("pipe").with_details(e))?;
+    let (devnull, rd, wr) = forked::prepare()?;
     let (fd, null, ours_closed) = (sock.as_raw_fd(), devnull.as_raw_fd(), rd.as_raw_fd());
     // SAFETY: the child makes only async-signal-safe calls, on fds and
     // buffers set up before the fork, then _exits.
-    match unsafe { fork() }.map_err(|e| Error::unexpected("fork").with_details(e))? {
+    match unsafe { forked::fork() }? {
         ForkResult::Parent { .. } => {
             // Socket first, then the pipe: the child's read ends after both.
             drop(sock);
@@ -118,7 +118,7 @@ fn hand_over(sock: OwnedFd, to: &libc::sockaddr_ll, frames: &[[u8; 42]]) -> Resu
             Ok(())
         }
         ForkResult::Child => unsafe {
-            crate::fastdel::detach(null, fd, ours_closed);
+            forked::detach(null, fd, ours_closed);
             let mut before = 0;
             // Nothing to repeat: only the socket's last close is left to do.
             let repeats = if frames.is_empty() {

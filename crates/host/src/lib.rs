@@ -10,6 +10,7 @@ pub mod del;
 pub mod ethtool;
 pub mod fastdel;
 pub mod firewall;
+pub mod forked;
 pub mod garp;
 pub mod gateway;
 pub mod gc;

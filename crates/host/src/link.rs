@@ -179,6 +179,43 @@ impl Netlink {
         }
     }
 
+    /// Deletes the link `name` seen through `h`/`sock` without sitting out
+    /// the kernel's RCU barrier (see `fastdel`): returns once it is unlisted.
+    /// Ok(false) when there was no such link.
+    pub fn delete_unwaited(
+        &self,
+        h: &Handle,
+        sock: &netlink_sys::Socket,
+        name: &str,
+    ) -> Result<bool> {
+        let Some(info) = self.link(h, name)? else {
+            return Ok(false);
+        };
+        let pending = crate::fastdel::start(sock, info.index)?;
+        let started = std::time::Instant::now();
+        loop {
+            // The child finished first: the request failed fast, or the barrier was quick.
+            if let Some(done) = pending.finished() {
+                return done.map_err(|errno| {
+                    nl_err(
+                        format!("cannot delete link {name}"),
+                        std::io::Error::from_raw_os_error(errno),
+                    )
+                });
+            }
+            if self.link_by_index(h, info.index)?.is_none() {
+                // Unlisted; the child is left to finish the kernel's cleanup alone.
+                return Ok(true);
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(Error::new(
+                    error::NETLINK_FAILURE,
+                    format!("deleting link {name} did not finish"),
+                ));
+            }
+        }
+    }
+
     pub fn set_up(&self, h: &Handle, index: u32) -> Result<()> {
         self.block(
             h.link()
