@@ -99,21 +99,13 @@ impl Ovs {
             match outcome {
                 Ok(r) => break r,
                 // The leading `wait` times out when the bridge does not exist yet.
-                Err(e)
-                    if e.kind == OvsErrorKind::Refused
-                        && e.msg.contains("timed out")
-                        && !tried_bridge =>
-                {
+                Err(e) if e.kind == OvsErrorKind::WaitTimedOut && !tried_bridge => {
                     tried_bridge = true;
                     self.create_bridge(bridge, datapath_type)?;
                 }
                 // A port row of the same name outlived its link (a crash between
                 // steps); its name is ours, derived from this container and ifname.
-                Err(e)
-                    if e.kind == OvsErrorKind::Refused
-                        && e.msg.contains("constraint violation")
-                        && !tried_stale =>
-                {
+                Err(e) if e.kind == OvsErrorKind::ConstraintViolation && !tried_stale => {
                     tried_stale = true;
                     tracing::warn!(port, "removing a stale OVS port of the same name");
                     self.detach(port)?;
@@ -152,9 +144,7 @@ impl Ovs {
         }
         match self.client.transact_and_wait(&ops) {
             Ok(_) => {}
-            Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("timed out") => {
-                return Ok(false)
-            }
+            Err(e) if e.kind == OvsErrorKind::WaitTimedOut => return Ok(false),
             Err(e) => return Err(ovs_err(e)),
         }
         for p in add {
@@ -220,9 +210,7 @@ impl Ovs {
         )) {
             Ok(_) => Ok(true),
             // Another ADD created it first: that is what we wanted.
-            Err(e) if e.kind == OvsErrorKind::Refused && e.msg.contains("constraint violation") => {
-                Ok(false)
-            }
+            Err(e) if e.kind == OvsErrorKind::ConstraintViolation => Ok(false),
             Err(e) => Err(ovs_err(e)),
         }
     }
@@ -287,7 +275,7 @@ impl Ovs {
                     )) {
                         Ok(_) => return Ok(tag),
                         // Another ADD claimed a tag first: look again.
-                        Err(e) if e.kind == OvsErrorKind::Refused => {}
+                        Err(e) if e.is_refusal() => {}
                         Err(e) => return Err(ovs_err(e)),
                     }
                 }

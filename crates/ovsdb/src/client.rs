@@ -17,7 +17,13 @@ pub enum OvsErrorKind {
     Unreachable,
     /// The connection broke or returned nonsense.
     Protocol,
-    /// The server refused the transaction (constraint violation, missing row...).
+    /// A `wait` operation's condition did not hold within its timeout
+    /// (RFC 7047's "timed out"): the rows are not as the transaction expected.
+    WaitTimedOut,
+    /// A row would break a constraint of the schema, a duplicate name say
+    /// ("constraint violation").
+    ConstraintViolation,
+    /// The server refused the transaction for another reason.
     Refused,
     /// ovs-vswitchd did not catch up in time.
     Timeout,
@@ -27,6 +33,16 @@ pub enum OvsErrorKind {
 pub struct OvsError {
     pub kind: OvsErrorKind,
     pub msg: String,
+}
+
+impl OvsError {
+    /// The server answered and refused the transaction, for whatever reason.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.kind,
+            OvsErrorKind::WaitTimedOut | OvsErrorKind::ConstraintViolation | OvsErrorKind::Refused
+        )
+    }
 }
 
 impl std::fmt::Display for OvsError {
@@ -292,8 +308,13 @@ fn check_results(result: Value, n_ops: usize) -> Result<Vec<Value>, OvsError> {
     {
         let what = e["error"].as_str().unwrap_or("error");
         let details = e["details"].as_str().unwrap_or("");
+        let kind = match what {
+            "timed out" => OvsErrorKind::WaitTimedOut,
+            "constraint violation" => OvsErrorKind::ConstraintViolation,
+            _ => OvsErrorKind::Refused,
+        };
         return Err(err(
-            OvsErrorKind::Refused,
+            kind,
             format!("OVSDB refused the transaction: {what}: {details}"),
         ));
     }
@@ -313,10 +334,17 @@ mod tests {
         assert_eq!(check_results(ok, 2).unwrap().len(), 2);
         let bad = json!([{"count": 1}, {"error": "constraint violation", "details": "dup name"}]);
         let e = check_results(bad, 2).unwrap_err();
-        assert_eq!(e.kind, OvsErrorKind::Refused);
+        assert_eq!(e.kind, OvsErrorKind::ConstraintViolation);
         assert!(e.msg.contains("dup name"));
+        let wait = json!([{"error": "timed out"}, {"error": "aborted"}]);
+        assert_eq!(
+            check_results(wait, 2).unwrap_err().kind,
+            OvsErrorKind::WaitTimedOut
+        );
         let commit = json!([{"count": 1}, {"error": "referential integrity violation"}]);
-        assert!(check_results(commit, 1).is_err());
+        let e = check_results(commit, 1).unwrap_err();
+        assert_eq!(e.kind, OvsErrorKind::Refused);
+        assert!(e.is_refusal());
     }
 
     #[test]
