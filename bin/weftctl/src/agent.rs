@@ -243,7 +243,7 @@ pub fn firewall_upkeep(l: &Loaded) -> Result<usize> {
     let netdev = ovs
         .bridge_datapath(&l.weft.bridge)
         .map_err(cni)?
-        .is_some_and(|dp| dp == "netdev");
+        .is_some_and(|dp| dp == weft_host::config::DatapathType::Netdev);
     if (netdev || !weft_host::config::kernel_datapath_available())
         && ovs.bridge_exists(&l.weft.bridge).map_err(cni)?
         && !weft_host::hostend::input_drop_present().map_err(cni)?

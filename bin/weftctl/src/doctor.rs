@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use serde_json::json;
-use weft_host::config::kernel_datapath_available;
+use weft_host::config::{kernel_datapath_available, DatapathType};
 use weft_host::link::Netlink;
 use weft_host::overlay::registry;
 use weft_host::overlay::{self, tunnels, underlay};
@@ -60,7 +60,7 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
         }
     };
     match (wanted, module) {
-        ("system", false) => c.put(
+        (DatapathType::System, false) => c.put(
             "datapath",
             Status::Fail,
             "datapath system needs the openvswitch kernel module: modprobe openvswitch, or set datapath netdev",
@@ -73,11 +73,6 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
     }
     if let Some(o) = ovs.as_mut() {
         if let Ok(Some(dp)) = o.bridge_datapath(&cfg.bridge) {
-            let dp = if dp.is_empty() {
-                "system".to_string()
-            } else {
-                dp
-            };
             if dp != wanted {
                 c.put(
                     "bridge",
@@ -142,7 +137,7 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
                 ),
             );
         }
-        if wanted == "netdev" {
+        if wanted == DatapathType::Netdev {
             match ovs.as_mut().map(|x| x.interface_type(&u.ifname)) {
                 Some(Ok(Some(t))) if t == "internal" => c.put(
                     "userspace tunnels",
@@ -289,7 +284,7 @@ fn firewall(
     let netdev_bridge = ovs
         .as_mut()
         .and_then(|o| o.bridge_datapath(&cfg.bridge).ok().flatten())
-        .is_some_and(|dp| dp == "netdev");
+        .is_some_and(|dp| dp == DatapathType::Netdev);
     if !module || netdev_bridge {
         let (status, msg) = match weft_host::hostend::input_drop_present() {
             Ok(true) => (Status::Ok, "the IP stack ignores host ends (inet weft-hostends)".to_string()),

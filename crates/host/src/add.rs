@@ -14,7 +14,7 @@ use weft_cni::Command;
 
 use weft_ovsdb::plan::{self, PortSpec};
 
-use crate::config::{kernel_datapath_available, Config};
+use crate::config::{kernel_datapath_available, Config, DatapathType};
 use crate::firewall::GatewayRules;
 use crate::gateway::{self, Gateway};
 use crate::ids::{self, TUNNEL_FOR};
@@ -31,7 +31,7 @@ fn resolve_local_vlan(
     ovs: &mut Ovs,
     question: weft_ovsdb::PendingRead,
     cfg: &Config,
-    datapath: &str,
+    datapath: DatapathType,
 ) -> Result<u32> {
     let t = ovs.local_vlan(question, &cfg.bridge, &cfg.network, datapath)?;
     vlan::write_hint(&cfg.bridge, &cfg.network, t);
@@ -346,7 +346,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         .iter()
         .map(GatewayRules::from_port)
         .collect();
-    if datapath == "netdev" {
+    if datapath == DatapathType::Netdev {
         ethtool::disable_tx_checksum(&cont.ioctl, ifname)?;
         // A netdev bridge on a host that has the module: known only now,
         // still before the container has an address to use.

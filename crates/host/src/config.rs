@@ -24,14 +24,46 @@ pub enum Datapath {
 }
 
 impl Datapath {
-    /// The OVSDB `datapath_type` to create a bridge with.
-    pub fn resolve(self, module_loaded: impl FnOnce() -> bool) -> &'static str {
+    /// The datapath to create a bridge with.
+    pub fn resolve(self, module_loaded: impl FnOnce() -> bool) -> DatapathType {
         match self {
-            Datapath::System => "system",
-            Datapath::Netdev => "netdev",
-            Datapath::Auto if module_loaded() => "system",
-            Datapath::Auto => "netdev",
+            Datapath::System => DatapathType::System,
+            Datapath::Netdev => DatapathType::Netdev,
+            Datapath::Auto if module_loaded() => DatapathType::System,
+            Datapath::Auto => DatapathType::Netdev,
         }
+    }
+}
+
+/// The datapath a bridge runs on: OVSDB's `datapath_type`. weft makes
+/// only these two; OVS's own default (an empty value) and any other type
+/// are the kernel's as far as weft is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathType {
+    System,
+    Netdev,
+}
+
+impl DatapathType {
+    pub fn from_ovsdb(datapath_type: &str) -> Self {
+        if datapath_type == "netdev" {
+            DatapathType::Netdev
+        } else {
+            DatapathType::System
+        }
+    }
+
+    pub fn as_ovsdb(self) -> &'static str {
+        match self {
+            DatapathType::System => "system",
+            DatapathType::Netdev => "netdev",
+        }
+    }
+}
+
+impl std::fmt::Display for DatapathType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_ovsdb())
     }
 }
 
@@ -221,9 +253,13 @@ mod tests {
 
     #[test]
     fn datapath_auto_follows_module() {
-        assert_eq!(Datapath::Auto.resolve(|| true), "system");
-        assert_eq!(Datapath::Auto.resolve(|| false), "netdev");
-        assert_eq!(Datapath::Netdev.resolve(|| true), "netdev");
+        assert_eq!(Datapath::Auto.resolve(|| true), DatapathType::System);
+        assert_eq!(Datapath::Auto.resolve(|| false), DatapathType::Netdev);
+        assert_eq!(Datapath::Netdev.resolve(|| true), DatapathType::Netdev);
+        for t in [DatapathType::System, DatapathType::Netdev] {
+            assert_eq!(DatapathType::from_ovsdb(t.as_ovsdb()), t);
+        }
+        assert_eq!(DatapathType::from_ovsdb(""), DatapathType::System);
     }
 }
 

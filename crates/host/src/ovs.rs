@@ -11,6 +11,7 @@ use weft_ovsdb::{
     plan, read_map, read_uuid, Client, OvsError, OvsErrorKind, PendingRead, PendingTxn,
 };
 
+use crate::config::DatapathType;
 use crate::overlay::tunnels::Existing;
 use crate::{ids, vlan};
 
@@ -86,10 +87,10 @@ impl Ovs {
         &mut self,
         pending: PendingTxn,
         bridge: &str,
-        datapath_type: &str,
+        datapath_type: DatapathType,
         spec: &PortSpec,
         extra: &[Value],
-    ) -> Result<(String, Vec<Value>)> {
+    ) -> Result<(DatapathType, Vec<Value>)> {
         let port = spec.name.as_str();
         let ops = plan::add_port(bridge, spec, extra);
         let mut outcome = self.client.finish(pending);
@@ -114,18 +115,19 @@ impl Ovs {
             }
             outcome = self.client.transact_and_wait(&ops);
         };
-        let dp = results
-            .get(plan::ADD_PORT_BRIDGE_SELECT)
-            .and_then(|r| r["rows"].get(0))
-            .and_then(|row| row["datapath_type"].as_str())
-            .unwrap_or("")
-            .to_string();
+        let dp = DatapathType::from_ovsdb(
+            results
+                .get(plan::ADD_PORT_BRIDGE_SELECT)
+                .and_then(|r| r["rows"].get(0))
+                .and_then(|row| row["datapath_type"].as_str())
+                .unwrap_or(""),
+        );
         self.port_healthy(port)?;
         let extras = results
             .get(plan::ADD_PORT_EXTRA..)
             .unwrap_or_default()
             .to_vec();
-        Ok((if dp.is_empty() { "system".into() } else { dp }, extras))
+        Ok((dp, extras))
     }
 
     /// Adds and removes ports in one transaction and waits for ovs-vswitchd.
@@ -187,7 +189,7 @@ impl Ovs {
             .collect())
     }
 
-    fn create_bridge(&mut self, bridge: &str, datapath_type: &str) -> Result<()> {
+    fn create_bridge(&mut self, bridge: &str, datapath_type: DatapathType) -> Result<()> {
         self.create_bridge_with(bridge, datapath_type, &[])
             .map(|_| ())
     }
@@ -197,14 +199,14 @@ impl Ovs {
     fn create_bridge_with(
         &mut self,
         bridge: &str,
-        datapath_type: &str,
+        datapath_type: DatapathType,
         ids: &[(&str, &str)],
     ) -> Result<bool> {
         let mut all = vec![(ids::BRIDGE, "true")];
         all.extend_from_slice(ids);
         match self.client.transact_and_wait(&plan::create_bridge(
             bridge,
-            datapath_type,
+            datapath_type.as_ovsdb(),
             &all,
             Some(vlan::PARKED),
         )) {
@@ -238,7 +240,7 @@ impl Ovs {
         pending: PendingRead,
         bridge: &str,
         net: &str,
-        datapath_type: &str,
+        datapath_type: DatapathType,
     ) -> Result<u32> {
         let key = vlan::key(net);
         let mut ids = self.bridge_ids(pending)?;
@@ -429,14 +431,14 @@ impl Ovs {
     }
 
     /// The datapath type of `bridge`, if it exists ("" means system).
-    pub fn bridge_datapath(&mut self, bridge: &str) -> Result<Option<String>> {
+    pub fn bridge_datapath(&mut self, bridge: &str) -> Result<Option<DatapathType>> {
         let r = self
             .client
             .transact(&plan::bridge(bridge))
             .map_err(ovs_err)?;
         Ok(r.first()
             .and_then(|r| r["rows"].get(0))
-            .map(|row| row["datapath_type"].as_str().unwrap_or("").to_string()))
+            .map(|row| DatapathType::from_ovsdb(row["datapath_type"].as_str().unwrap_or(""))))
     }
 
     pub fn bridge_exists(&mut self, bridge: &str) -> Result<bool> {
