@@ -5,10 +5,13 @@
 //! any failure unwinds them in reverse and reports the original error.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use weft_cni::delegate::{self, Pending};
 use weft_cni::error::{self, Error, Result};
-use weft_cni::result::{CniResult, Interface, IpConfig};
+use weft_cni::result::{CniResult, Interface, IpConfig, Route};
 use weft_cni::skel::Context;
 use weft_cni::Command;
 
@@ -21,7 +24,7 @@ use crate::ids::{self, TUNNEL_FOR};
 use crate::link::Netlink;
 use crate::names;
 use crate::overlay::{self, underlay};
-use crate::ovs::{self as ovs_mod, Ovs};
+use crate::ovs::{self as ovs_mod, FoundPort, Ovs};
 use crate::undo::Undo;
 use crate::{ethtool, garp, hostend, netns, vlan};
 
@@ -38,8 +41,46 @@ fn resolve_local_vlan(
     Ok(t)
 }
 
-/// The port to insert and the operations that ride along in the attach
-/// transaction, with the index of the select for strangers on the VLAN.
+/// The selects that ride along in the attach transaction, and where each
+/// one's answer sits among the transaction's extra results.
+struct Lookups {
+    ops: Vec<serde_json::Value>,
+    /// This network's tunnels on the bridge.
+    tunnels_at: usize,
+    /// This network's gateway port, if it has one yet.
+    gateway_port_at: usize,
+    /// Every gateway on the host, when this network has one.
+    gateways_at: Option<usize>,
+    /// A port of another network on this network's VNI (overlay only).
+    strangers_at: Option<usize>,
+}
+
+/// What the attach transaction's lookups found.
+struct Found {
+    tunnel_rows: serde_json::Value,
+    gateway_port: Option<FoundPort>,
+    gateways: Vec<FoundPort>,
+    stranger: Option<FoundPort>,
+}
+
+impl Lookups {
+    fn read(&self, results: &[serde_json::Value]) -> Found {
+        let ports = |at: Option<usize>| {
+            at.and_then(|i| results.get(i))
+                .map(ovs_mod::found_ports)
+                .unwrap_or_default()
+        };
+        Found {
+            tunnel_rows: results.get(self.tunnels_at).cloned().unwrap_or_default(),
+            gateway_port: ports(Some(self.gateway_port_at)).into_iter().next(),
+            gateways: ports(self.gateways_at),
+            stranger: ports(self.strangers_at).into_iter().next(),
+        }
+    }
+}
+
+/// The port to insert and the lookups that ride along in the attach
+/// transaction.
 fn attach_plan(
     cfg: &Config,
     host_name: &str,
@@ -47,7 +88,7 @@ fn attach_plan(
     external_ids: &[(String, String)],
     view: Option<&overlay::registry::View>,
     local_tag: Option<u32>,
-) -> (PortSpec, Vec<serde_json::Value>, usize) {
+) -> (PortSpec, Lookups) {
     // An overlay network's VNI is also its VLAN on every host's bridge.
     let tag = view.map(|v| v.network.vni).or(local_tag);
     let spec = PortSpec {
@@ -58,10 +99,12 @@ fn attach_plan(
     };
     // The tunnels and the gateway are looked up in the attach transaction,
     // so reconciling them costs nothing when they are as they should be.
-    let mut extra: Vec<_> = plan::find_ports(&[(TUNNEL_FOR, &cfg.network)])
-        .into_iter()
-        .chain(plan::find_port_by_name(gw_name))
-        .collect();
+    let mut extra = Vec::new();
+    let tunnels_at = extra.len();
+    extra.extend(plan::find_ports(&[(TUNNEL_FOR, &cfg.network)]));
+    let gateway_port_at = extra.len();
+    extra.extend(plan::find_port_by_name(gw_name));
+    let gateways_at = cfg.gateway.then_some(extra.len());
     if cfg.gateway {
         extra.extend(plan::find_ports(&[(ids::KIND, ids::GATEWAY)]));
     }
@@ -78,7 +121,7 @@ fn attach_plan(
     // on this bridge for another network: found in the same transaction.
     // (A single-host network's tag comes from the bridge's own record,
     // claimed atomically, and local tags never meet VNIs.)
-    let strangers_at = extra.len();
+    let strangers_at = view.map(|_| extra.len());
     if let Some(t) = view.map(|v| v.network.vni) {
         extra.extend(plan::strangers_on_vlan(
             t,
@@ -89,7 +132,96 @@ fn attach_plan(
             ],
         ));
     }
-    (spec, extra, strangers_at)
+    (
+        spec,
+        Lookups {
+            ops: extra,
+            tunnels_at,
+            gateway_port_at,
+            gateways_at,
+            strangers_at,
+        },
+    )
+}
+
+/// The routes ADD installs: IPAM's, and with a gateway a default route
+/// through each family's gateway address, as the reference bridge plugin's
+/// isDefaultGateway does, unless IPAM already routes that family's default.
+fn routes_with_defaults(ips: &[IpConfig], ipam_routes: &[Route], gateway: bool) -> Vec<Route> {
+    let mut routes = ipam_routes.to_vec();
+    if !gateway {
+        return routes;
+    }
+    for ip in ips {
+        let v4 = ip.address.addr().is_ipv4();
+        let has_default = routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4);
+        if let (Some(gw), false) = (ip.gateway, has_default) {
+            let dst = if v4 {
+                IpNet::V4(Ipv4Net::default())
+            } else {
+                IpNet::V6(Ipv6Net::default())
+            };
+            routes.push(Route {
+                dst,
+                gw: Some(gw),
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            });
+        }
+    }
+    routes
+}
+
+/// A route without a gateway goes through the gateway of its family, as the
+/// reference plugins do; with none, it is on-link (None).
+fn next_hop(route: &Route, ips: &[IpConfig]) -> Option<IpAddr> {
+    route.gw.or_else(|| {
+        ips.iter()
+            .filter(|ip| ip.address.addr().is_ipv4() == route.dst.addr().is_ipv4())
+            .find_map(|ip| ip.gateway)
+    })
+}
+
+/// ADD's result: the host end, then the container end (which IPAM's
+/// addresses name), IPAM's addresses and DNS, and the routes installed.
+fn assemble(
+    host: (&str, Option<String>),
+    container: (&str, Option<String>),
+    mtu: u32,
+    sandbox: &str,
+    ipam: &CniResult,
+    routes: Vec<Route>,
+) -> CniResult {
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: host.0.to_string(),
+                mac: host.1,
+                ..Default::default()
+            },
+            Interface {
+                name: container.0.to_string(),
+                mac: container.1,
+                mtu: Some(mtu),
+                sandbox: Some(sandbox.to_string()),
+            },
+        ],
+        ips: ipam
+            .ips
+            .iter()
+            .map(|ip| IpConfig {
+                interface: Some(1),
+                ..ip.clone()
+            })
+            .collect(),
+        routes,
+        dns: ipam.dns.clone(),
+    }
 }
 
 pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
@@ -235,7 +367,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let gw_name = names::gateway_port(&cfg.network);
-    let (mut spec, mut extra, mut strangers_at) = attach_plan(
+    let (mut spec, mut lookups) = attach_plan(
         cfg,
         &host_name,
         &gw_name,
@@ -244,7 +376,9 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         local_tag,
     );
     // ovs-vswitchd opens the port while we bring the container end up.
-    let attaching = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra);
+    let attaching = ovs
+        .borrow_mut()
+        .begin_attach(&cfg.bridge, &spec, &lookups.ops);
     undo.push("ovs port", || {
         ovs.borrow_mut()
             .detach(&host_name)
@@ -264,10 +398,10 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     nl.set_up(&cont.handle, link.index)?;
     phase("both ends up");
 
-    let finished = ovs
-        .borrow_mut()
-        .finish_attach(attaching, &cfg.bridge, wanted_dp, &spec, &extra);
-    let (datapath, found) = match (finished, hinted) {
+    let finished =
+        ovs.borrow_mut()
+            .finish_attach(attaching, &cfg.bridge, wanted_dp, &spec, &lookups.ops);
+    let (datapath, results) = match (finished, hinted) {
         (Ok(done), _) => done,
         // The remembered tag is no longer this network's (GC forgot it, the
         // bridge was recreated): the transaction changed nothing, so ask the
@@ -277,7 +411,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
             vlan::forget_hint(&cfg.bridge, &cfg.network);
             let q = ovs.borrow_mut().begin_bridge_ids(&cfg.bridge)?;
             let t = resolve_local_vlan(&mut ovs.borrow_mut(), q, cfg, wanted_dp)?;
-            (spec, extra, strangers_at) = attach_plan(
+            (spec, lookups) = attach_plan(
                 cfg,
                 &host_name,
                 &gw_name,
@@ -285,16 +419,18 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
                 view.as_ref(),
                 Some(t),
             );
-            let again = ovs.borrow_mut().begin_attach(&cfg.bridge, &spec, &extra)?;
+            let again = ovs
+                .borrow_mut()
+                .begin_attach(&cfg.bridge, &spec, &lookups.ops)?;
             ovs.borrow_mut()
-                .finish_attach(again, &cfg.bridge, wanted_dp, &spec, &extra)?
+                .finish_attach(again, &cfg.bridge, wanted_dp, &spec, &lookups.ops)?
         }
         (Err(e), None) => return Err(e),
     };
     phase("ovs attached");
-    let null = serde_json::Value::Null;
+    let found = lookups.read(&results);
     if let Some(view) = &view {
-        let existing = ovs_mod::existing_tunnels(found.first().unwrap_or(&null));
+        let existing = ovs_mod::existing_tunnels(&found.tunnel_rows);
         let mut o = ovs.borrow_mut();
         overlay::reconcile(
             &mut o,
@@ -313,18 +449,14 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         )?;
         // A tunnel moved to another VLAN by hand would carry this network's
         // VNI into that VLAN.
-        let tunnels = ovs_mod::found_ports(found.first().unwrap_or(&null));
+        let tunnels = ovs_mod::found_ports(&found.tunnel_rows);
         for (port, t) in vlan::misplaced(&tunnels, |_| Some(view.network.vni)) {
             tracing::warn!(%port, t, "tunnel on the wrong VLAN; moving it");
             o.set_port_tag(&port, t)?;
         }
         phase("tunnels reconciled");
     }
-    if let Some(p) = found
-        .get(strangers_at)
-        .map(ovs_mod::found_ports)
-        .and_then(|s| s.into_iter().next())
-    {
+    if let Some(p) = &found.stranger {
         return Err(Error::new(
             error::VLAN_CONFLICT,
             format!(
@@ -334,18 +466,11 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
                 cfg.bridge,
                 cfg.network,
                 p.name,
-                crate::vlan::network_of(&p).unwrap_or("?")
+                crate::vlan::network_of(p).unwrap_or("?")
             ),
         ));
     }
-    let gw_found = found.get(1).map(ovs_mod::found_ports).unwrap_or_default();
-    let gateways: Vec<GatewayRules> = found
-        .get(2)
-        .map(ovs_mod::found_ports)
-        .unwrap_or_default()
-        .iter()
-        .map(GatewayRules::from_port)
-        .collect();
+    let gateways: Vec<GatewayRules> = found.gateways.iter().map(GatewayRules::from_port).collect();
     if datapath == DatapathType::Netdev {
         ethtool::disable_tx_checksum(&cont.ioctl, ifname)?;
         // A netdev bridge on a host that has the module: known only now,
@@ -379,7 +504,6 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         nl.add_address(&cont.handle, link.index, ip.address)?;
     }
     phase("addresses set");
-    let mut routes = ipam.routes.clone();
     if cfg.gateway {
         let underlay = match &underlay {
             Some(u) => underlay::subnets(&nl, u)?,
@@ -398,47 +522,15 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
             &nl,
             &mut ovs.borrow_mut(),
             &g,
-            gw_found.first(),
+            found.gateway_port.as_ref(),
             &gateways,
             &ipam.ips,
         )?;
         phase("gateway ready");
-        // The gateway is the way out, as with the reference bridge plugin's
-        // isDefaultGateway, unless IPAM already routes the default.
-        for ip in &ipam.ips {
-            let v4 = ip.address.addr().is_ipv4();
-            let has_default = routes
-                .iter()
-                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4);
-            if let (Some(gw), false) = (ip.gateway, has_default) {
-                let any: std::net::IpAddr = if v4 {
-                    std::net::Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    std::net::Ipv6Addr::UNSPECIFIED.into()
-                };
-                routes.push(weft_cni::result::Route {
-                    dst: ipnet::IpNet::new(any, 0)
-                        .map_err(|e| Error::unexpected("default route").with_details(e))?,
-                    gw: Some(gw),
-                    mtu: None,
-                    advmss: None,
-                    priority: None,
-                    table: None,
-                    scope: None,
-                });
-            }
-        }
     }
+    let routes = routes_with_defaults(&ipam.ips, &ipam.routes, cfg.gateway);
     for route in &routes {
-        // A route without a gateway goes through the gateway of its family, as
-        // the reference plugins do; with none, it is on-link.
-        let gw = route.gw.or_else(|| {
-            ipam.ips
-                .iter()
-                .filter(|ip| ip.address.addr().is_ipv4() == route.dst.addr().is_ipv4())
-                .find_map(|ip| ip.gateway)
-        });
-        nl.add_route(&cont.handle, link.index, route, gw)?;
+        nl.add_route(&cont.handle, link.index, route, next_hop(route, &ipam.ips))?;
     }
 
     phase("addresses and routes set");
@@ -457,33 +549,143 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
             tracing::warn!(error = %e, "gratuitous ARP not sent");
         }
     }
-    let result = CniResult {
-        interfaces: vec![
-            Interface {
-                name: host_name.clone(),
-                mac: host_link.mac.clone(),
-                ..Default::default()
-            },
-            Interface {
-                name: ifname.to_string(),
-                mac: link.mac.clone(),
-                mtu: Some(mtu),
-                sandbox: Some(netns_str.clone()),
-            },
-        ],
-        ips: ipam
-            .ips
-            .iter()
-            .map(|ip| IpConfig {
-                interface: Some(1),
-                ..ip.clone()
-            })
-            .collect(),
+    let result = assemble(
+        (&host_name, host_link.mac.clone()),
+        (ifname, link.mac.clone()),
+        mtu,
+        &netns_str,
+        &ipam,
         routes,
-        dns: ipam.dns.clone(),
-    };
+    );
     undo.commit();
     ipam_undo.commit();
     tracing::info!(container = cid, ifname, port = %host_name, bridge = %cfg.bridge, "attached");
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ip(addr: &str, gw: Option<&str>) -> IpConfig {
+        IpConfig {
+            address: addr.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            interface: None,
+        }
+    }
+
+    fn route(dst: &str, gw: Option<&str>) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            gw: gw.map(|g| g.parse().unwrap()),
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn a_gateway_adds_one_default_per_family_unless_ipam_routes_it() {
+        let ips = [
+            ip("10.1.0.5/16", Some("10.1.0.1")),
+            ip("10.2.0.5/16", Some("10.2.0.1")),
+            ip("fd00::5/64", Some("fd00::1")),
+        ];
+        let got = routes_with_defaults(&ips, &[], true);
+        assert_eq!(
+            got,
+            vec![
+                route("0.0.0.0/0", Some("10.1.0.1")),
+                route("::/0", Some("fd00::1"))
+            ]
+        );
+        let ipam = [route("0.0.0.0/0", Some("10.9.0.9"))];
+        assert_eq!(
+            routes_with_defaults(&ips, &ipam, true),
+            vec![ipam[0].clone(), route("::/0", Some("fd00::1"))]
+        );
+        assert_eq!(routes_with_defaults(&ips, &ipam, false), ipam.to_vec());
+        assert!(routes_with_defaults(&[ip("10.1.0.5/16", None)], &[], true).is_empty());
+    }
+
+    #[test]
+    fn a_route_without_a_gateway_goes_through_its_familys() {
+        let ips = [ip("10.1.0.5/16", Some("10.1.0.1")), ip("fd00::5/64", None)];
+        let hop = |r: Route| next_hop(&r, &ips).map(|a| a.to_string());
+        assert_eq!(hop(route("10.8.0.0/16", None)), Some("10.1.0.1".into()));
+        assert_eq!(
+            hop(route("10.8.0.0/16", Some("10.1.0.7"))),
+            Some("10.1.0.7".into())
+        );
+        // No gateway of its family: on-link.
+        assert_eq!(hop(route("fd01::/64", None)), None);
+    }
+
+    #[test]
+    fn the_result_names_both_ends_and_ipam_addresses_point_at_the_container() {
+        let ipam = CniResult {
+            ips: vec![ip("10.1.0.5/16", Some("10.1.0.1"))],
+            dns: weft_cni::result::Dns {
+                nameservers: vec!["10.1.0.1".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let routes = vec![route("0.0.0.0/0", Some("10.1.0.1"))];
+        let r = assemble(
+            ("wft0123", Some("aa:aa:aa:aa:aa:aa".into())),
+            ("eth0", Some("bb:bb:bb:bb:bb:bb".into())),
+            1450,
+            "/run/netns/c1",
+            &ipam,
+            routes.clone(),
+        );
+        assert_eq!(r.interfaces.len(), 2);
+        assert_eq!(r.interfaces[0].name, "wft0123");
+        assert_eq!(r.interfaces[0].sandbox, None);
+        assert_eq!(r.interfaces[1].name, "eth0");
+        assert_eq!(r.interfaces[1].mtu, Some(1450));
+        assert_eq!(r.interfaces[1].sandbox.as_deref(), Some("/run/netns/c1"));
+        assert_eq!(r.ips[0].interface, Some(1));
+        assert_eq!(r.ips[0].address, ipam.ips[0].address);
+        assert_eq!(r.routes, routes);
+        assert_eq!(r.dns, ipam.dns);
+    }
+
+    #[test]
+    fn lookups_read_each_answer_from_its_own_place() {
+        let row = |name: &str| {
+            json!({"rows": [{"_uuid": ["uuid", format!("u-{name}")], "name": name,
+                             "external_ids": ["map", []], "tag": ["set", []]}]})
+        };
+        let none = json!({"rows": []});
+        let with_all = Lookups {
+            ops: Vec::new(),
+            tunnels_at: 0,
+            gateway_port_at: 1,
+            gateways_at: Some(2),
+            strangers_at: Some(4),
+        };
+        let results = [row("t"), row("gw"), row("gw-a"), none.clone(), row("x")];
+        let f = with_all.read(&results);
+        assert_eq!(ovs_mod::found_ports(&f.tunnel_rows)[0].name, "t");
+        assert_eq!(f.gateway_port.map(|p| p.name).as_deref(), Some("gw"));
+        assert_eq!(f.gateways.len(), 1);
+        assert_eq!(f.stranger.map(|p| p.name).as_deref(), Some("x"));
+        // Without a gateway or a VNI, what sits at index 2 is something else
+        // (the VLAN's expectation): never read as gateways or strangers.
+        let plain = Lookups {
+            ops: Vec::new(),
+            tunnels_at: 0,
+            gateway_port_at: 1,
+            gateways_at: None,
+            strangers_at: None,
+        };
+        let f = plain.read(&[none.clone(), none, row("expect")]);
+        assert!(f.gateway_port.is_none() && f.gateways.is_empty() && f.stranger.is_none());
+    }
 }
