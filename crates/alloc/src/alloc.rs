@@ -255,6 +255,24 @@ impl Pick {
     }
 }
 
+/// What the first read found, without cached blocks.
+enum Start {
+    /// The attachment already holds these (a repeated ADD).
+    Held(Vec<Allocated>),
+    /// The node's blocks.
+    Blocks(Vec<IpNet>),
+}
+
+/// One ADD's search, per range set, across attempts.
+struct Search {
+    /// The blocks this node holds.
+    own: Vec<Vec<IpNet>>,
+    /// Addresses known taken, learnt from failed attempts.
+    taken: Vec<HashSet<IpAddr>>,
+    /// Free addresses sampled from a block after a lost race, to pick among.
+    free_known: Vec<Vec<(IpAddr, IpNet)>>,
+}
+
 /// Where a range set's next block comes from.
 enum Chosen {
     /// etcd's index has it as ours; the cache had lost it.
@@ -392,7 +410,9 @@ impl<'a, S: Store> Allocator<'a, S> {
     }
 
     /// ADD: the attachment's addresses, one per range set; the same ones
-    /// again when it already holds some.
+    /// again when it already holds some. Each attempt picks an address per
+    /// set, then reserves them all in one transaction (claiming a free block
+    /// in the same one); a lost race teaches the next attempt what is taken.
     pub fn add(
         &mut self,
         cid: &str,
@@ -400,7 +420,6 @@ impl<'a, S: Store> Allocator<'a, S> {
         requested: &[IpAddr],
         hints: &mut dyn Hints,
     ) -> Result<Vec<Allocated>> {
-        let node = self.cfg.node.clone();
         let owner_key = self.keys.owner(cid, ifname);
         // With the node's blocks cached, the reservation is the first and
         // usually the only round trip: its compares check that the owner is
@@ -411,28 +430,86 @@ impl<'a, S: Store> Allocator<'a, S> {
         // replaces it.
         let cached_epoch = hints.epoch();
         let mut from_cache = hints.blocks().is_some();
-        let known: Vec<IpNet> = match hints.blocks() {
+        let known = match hints.blocks() {
             Some(blocks) => blocks,
-            None => {
-                let first = self
-                    .store
-                    .read(&[
-                        Read::Key(owner_key.clone()),
-                        Read::prefix(&self.keys.node_blocks(&node)),
-                    ])
-                    .map_err(store_err)?;
-                if let Some(kv) = first[0].kvs.first() {
-                    return self.existing(kv);
-                }
-                first[1]
-                    .kvs
-                    .iter()
-                    .filter_map(|kv| parse_block_key(&kv.key))
-                    .collect()
-            }
+            None => match self.first_read(&owner_key)? {
+                Start::Held(addresses) => return Ok(addresses),
+                Start::Blocks(blocks) => blocks,
+            },
         };
-        let sets = self.cfg.range_sets.len();
-        let mut statics: Vec<Option<IpAddr>> = vec![None; sets];
+        let statics = self.statics(requested)?;
+        let mut search = self.search(known);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(picks) = self.pick(&statics, &mut search, hints)? else {
+                continue;
+            };
+            let attempt = self.try_reserve(cid, ifname, &owner_key, &picks)?;
+            let now = self.store.epoch();
+            let stale =
+                from_cache && now.is_some_and(|n| cached_epoch.is_none_or(|c| !n.follows(&c)));
+            if let Some(n) = now {
+                hints.set_epoch(n);
+            }
+            match attempt {
+                Attempt::Done => return Ok(self.reserved(&picks, &mut search, stale, hints)),
+                Attempt::AlreadyHeld(kv) => return self.existing(&kv),
+                Attempt::NotReady => self.wait_until_ready()?,
+                Attempt::Lost {
+                    used,
+                    lost_blocks,
+                    index,
+                } => {
+                    if stale || !lost_blocks.is_empty() {
+                        from_cache = false;
+                        // One stale block means the cache is not to be
+                        // trusted: etcd's index replaces all of it, and the
+                        // cache is saved clean whatever happens next.
+                        for (set, o) in search.own.iter_mut().enumerate() {
+                            *o = self.in_set(set, &index);
+                            o.retain(|b| !lost_blocks.contains(b));
+                        }
+                        hints.set_blocks(search.own.iter().flatten().copied().collect());
+                    }
+                    self.learn(&picks, &used, &lost_blocks, &index, &mut search)?;
+                }
+            }
+        }
+        Err(Error::new(
+            error::TRY_AGAIN_LATER,
+            format!(
+                "too much contention allocating in network {}",
+                self.cfg.network
+            ),
+        ))
+    }
+
+    /// Without cached blocks: the attachment's owner record (a repeated ADD
+    /// gets what it holds) and the node's blocks, in one read.
+    fn first_read(&mut self, owner_key: &str) -> Result<Start> {
+        let node = self.cfg.node.clone();
+        let first = self
+            .store
+            .read(&[
+                Read::Key(owner_key.to_string()),
+                Read::prefix(&self.keys.node_blocks(&node)),
+            ])
+            .map_err(store_err)?;
+        if let Some(kv) = first[0].kvs.first() {
+            return self.existing(kv).map(Start::Held);
+        }
+        Ok(Start::Blocks(
+            first[1]
+                .kvs
+                .iter()
+                .filter_map(|kv| parse_block_key(&kv.key))
+                .collect(),
+        ))
+    }
+
+    /// The requested addresses, by range set: each in a range, allowed as a
+    /// static address there, and at most one per set.
+    fn statics(&self, requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>> {
+        let mut statics: Vec<Option<IpAddr>> = vec![None; self.cfg.range_sets.len()];
         for ip in requested {
             let (set, range) = self.range_of(*ip).ok_or_else(|| {
                 Error::new(
@@ -456,166 +533,161 @@ impl<'a, S: Store> Allocator<'a, S> {
                 ));
             }
         }
-        let mut known = known;
+        Ok(statics)
+    }
+
+    fn search(&self, mut known: Vec<IpNet>) -> Search {
         known.sort();
         known.dedup();
-        let mut own: Vec<Vec<IpNet>> = (0..sets).map(|s| self.in_set(s, &known)).collect();
-        // Addresses known taken, learnt from failed attempts.
-        let mut taken: Vec<HashSet<IpAddr>> = vec![HashSet::new(); sets];
-        let mut free_known: Vec<Vec<(IpAddr, IpNet)>> = vec![Vec::new(); sets];
+        let sets = self.cfg.range_sets.len();
+        Search {
+            own: (0..sets).map(|s| self.in_set(s, &known)).collect(),
+            taken: vec![HashSet::new(); sets],
+            free_known: vec![Vec::new(); sets],
+        }
+    }
 
-        for _ in 0..MAX_ATTEMPTS {
-            let mut picks = Vec::with_capacity(sets);
-            for set in 0..sets {
-                let pick = if let Some(ip) = statics[set] {
-                    Pick::Static(ip)
-                } else if !free_known[set].is_empty() {
-                    let at = self.rng.below(free_known[set].len());
-                    let (ip, block) = free_known[set].swap_remove(at);
-                    if own[set].contains(&block) {
-                        Pick::Own(ip, block)
-                    } else {
-                        Pick::Borrowed(ip, block)
-                    }
-                } else if let Some((ip, block)) =
-                    self.first_free_after(set, &own[set], hints.get(set), &taken[set])
-                {
+    /// The next attempt's address for every range set; None when a block
+    /// just chosen has no free address after all (the next attempt looks
+    /// again).
+    fn pick(
+        &mut self,
+        statics: &[Option<IpAddr>],
+        s: &mut Search,
+        hints: &dyn Hints,
+    ) -> Result<Option<Vec<Pick>>> {
+        // Every set is looked at even when one has no pick: what the look
+        // learns (a block chosen, addresses to borrow) serves the next attempt.
+        let mut picks = Vec::with_capacity(statics.len());
+        for (set, requested) in statics.iter().enumerate() {
+            let pick = if let Some(ip) = requested {
+                Pick::Static(*ip)
+            } else if !s.free_known[set].is_empty() {
+                let at = self.rng.below(s.free_known[set].len());
+                let (ip, block) = s.free_known[set].swap_remove(at);
+                if s.own[set].contains(&block) {
                     Pick::Own(ip, block)
                 } else {
-                    match self.choose_block(set, &own[set])? {
-                        Some(Chosen::Ours(block)) => {
-                            own[set].push(block);
-                            let first = self.first_free_after(set, &[block], None, &taken[set]);
-                            picks.push(first.map(|(ip, b)| Pick::Own(ip, b)));
-                            continue;
-                        }
-                        Some(Chosen::Free(block)) => {
-                            let first = self.first_free_after(set, &[block], None, &taken[set]);
-                            picks.push(first.map(|(ip, b)| Pick::Claim(ip, b)));
-                            continue;
-                        }
-                        None => {
-                            free_known[set] = self.borrowable(set, &taken[set])?;
-                            if free_known[set].is_empty() {
-                                return Err(self.exhausted(set));
-                            }
-                            let at = self.rng.below(free_known[set].len());
-                            let (ip, block) = free_known[set].swap_remove(at);
-                            Pick::Borrowed(ip, block)
-                        }
+                    Pick::Borrowed(ip, block)
+                }
+            } else if let Some((ip, block)) =
+                self.first_free_after(set, &s.own[set], hints.get(set), &s.taken[set])
+            {
+                Pick::Own(ip, block)
+            } else {
+                match self.choose_block(set, &s.own[set])? {
+                    Some(Chosen::Ours(block)) => {
+                        s.own[set].push(block);
+                        let first = self.first_free_after(set, &[block], None, &s.taken[set]);
+                        picks.push(first.map(|(ip, b)| Pick::Own(ip, b)));
+                        continue;
                     }
-                };
-                picks.push(Some(pick));
-            }
-            let Some(picks) = picks.into_iter().collect::<Option<Vec<Pick>>>() else {
-                continue;
+                    Some(Chosen::Free(block)) => {
+                        let first = self.first_free_after(set, &[block], None, &s.taken[set]);
+                        picks.push(first.map(|(ip, b)| Pick::Claim(ip, b)));
+                        continue;
+                    }
+                    None => {
+                        s.free_known[set] = self.borrowable(set, &s.taken[set])?;
+                        if s.free_known[set].is_empty() {
+                            return Err(self.exhausted(set));
+                        }
+                        let at = self.rng.below(s.free_known[set].len());
+                        let (ip, block) = s.free_known[set].swap_remove(at);
+                        Pick::Borrowed(ip, block)
+                    }
+                }
             };
+            picks.push(Some(pick));
+        }
+        Ok(picks.into_iter().collect())
+    }
 
-            let attempt = self.try_reserve(cid, ifname, &owner_key, &picks)?;
-            let now = self.store.epoch();
-            let stale =
-                from_cache && now.is_some_and(|n| cached_epoch.is_none_or(|c| !n.follows(&c)));
-            if let Some(n) = now {
-                hints.set_epoch(n);
+    /// After a committed reservation: the hints remember where each search
+    /// ended and which blocks are ours (only those the commit proved, when
+    /// the cache was stale).
+    fn reserved(
+        &self,
+        picks: &[Pick],
+        s: &mut Search,
+        stale: bool,
+        hints: &mut dyn Hints,
+    ) -> Vec<Allocated> {
+        for (set, p) in picks.iter().enumerate() {
+            if !matches!(p, Pick::Static(_)) {
+                hints.set(set, p.ip());
             }
-            match attempt {
-                Attempt::Done => {
-                    for (set, p) in picks.iter().enumerate() {
-                        if !matches!(p, Pick::Static(_)) {
-                            hints.set(set, p.ip());
-                        }
-                        if let Pick::Claim(_, b) = p {
-                            tracing::info!(block = %b, node = %node, "claimed block");
-                            own[set].push(*b);
-                        }
-                    }
-                    if stale {
-                        let proven: Vec<IpNet> =
-                            picks.iter().filter_map(Pick::ours).copied().collect();
-                        for o in own.iter_mut() {
-                            o.retain(|b| proven.contains(b));
-                        }
-                    }
-                    hints.set_blocks(own.iter().flatten().copied().collect());
-                    return Ok(self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>()));
-                }
-                Attempt::AlreadyHeld(kv) => return self.existing(&kv),
-                Attempt::NotReady => {
-                    self.wait_until_ready()?;
-                    continue;
-                }
-                Attempt::Lost {
-                    used,
-                    lost_blocks,
-                    index,
-                } => {
-                    if stale || !lost_blocks.is_empty() {
-                        from_cache = false;
-                        // One stale block means the cache is not to be
-                        // trusted: etcd's index replaces all of it, and the
-                        // cache is saved clean whatever happens next.
-                        for (set, o) in own.iter_mut().enumerate() {
-                            *o = self.in_set(set, &index);
-                            o.retain(|b| !lost_blocks.contains(b));
-                        }
-                        hints.set_blocks(own.iter().flatten().copied().collect());
-                    }
-                    for (set, p) in picks.iter().enumerate() {
-                        if let Pick::Static(ip) = p {
-                            if let Some(holder) =
-                                used.iter().find_map(|(ip2, h)| (ip2 == ip).then_some(h))
-                            {
-                                return Err(Error::new(
-                                    ADDRESS_UNAVAILABLE,
-                                    format!(
-                                        "{ip} is held by container {} ifname {} on node {}",
-                                        holder.container_id, holder.ifname, holder.node
-                                    ),
-                                ));
-                            }
-                            continue;
-                        }
-                        let block = p.block().copied();
-                        if let Pick::Claim(ip, b) = p {
-                            // Ours now if a sibling process on this node
-                            // claimed it first (the index says so);
-                            // otherwise another node won it: choose again.
-                            if index.contains(b) && !own[set].contains(b) {
-                                own[set].push(*b);
-                            }
-                            if !own[set].contains(b) {
-                                taken[set].insert(*ip);
-                                continue;
-                            }
-                        }
-                        if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
-                            // Not ours after all (a stale cache): forget it, and
-                            // do not fall back to borrowing from it.
-                            own[set].retain(|x| *x != b);
-                            continue;
-                        }
-                        let in_block: HashSet<IpAddr> = used
-                            .iter()
-                            .map(|(ip, _)| *ip)
-                            .filter(|ip| block.is_some_and(|b| b.contains(ip)))
-                            .collect();
-                        taken[set].extend(in_block.iter().copied());
-                        taken[set].insert(p.ip());
-                        if let Some(b) = block {
-                            let free = self.sample_free(set, &b, &taken[set]);
-                            free_known[set] = free.into_iter().map(|ip| (ip, b)).collect();
-                        }
-                    }
-                }
+            if let Pick::Claim(_, b) = p {
+                tracing::info!(block = %b, node = %self.cfg.node, "claimed block");
+                s.own[set].push(*b);
             }
         }
-        Err(Error::new(
-            error::TRY_AGAIN_LATER,
-            format!(
-                "too much contention allocating in network {}",
-                self.cfg.network
-            ),
-        ))
+        if stale {
+            let proven: Vec<IpNet> = picks.iter().filter_map(Pick::ours).copied().collect();
+            for o in s.own.iter_mut() {
+                o.retain(|b| proven.contains(b));
+            }
+        }
+        hints.set_blocks(s.own.iter().flatten().copied().collect());
+        self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>())
+    }
+
+    /// After a lost race: what the failed transaction read back says is
+    /// taken, and which blocks are ours; a requested address someone holds
+    /// is the caller's error.
+    fn learn(
+        &mut self,
+        picks: &[Pick],
+        used: &[(IpAddr, Holder)],
+        lost_blocks: &[IpNet],
+        index: &[IpNet],
+        s: &mut Search,
+    ) -> Result<()> {
+        for (set, p) in picks.iter().enumerate() {
+            if let Pick::Static(ip) = p {
+                if let Some(holder) = used.iter().find_map(|(ip2, h)| (ip2 == ip).then_some(h)) {
+                    return Err(Error::new(
+                        ADDRESS_UNAVAILABLE,
+                        format!(
+                            "{ip} is held by container {} ifname {} on node {}",
+                            holder.container_id, holder.ifname, holder.node
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let block = p.block().copied();
+            if let Pick::Claim(ip, b) = p {
+                // Ours now if a sibling process on this node claimed it
+                // first (the index says so); otherwise another node won it:
+                // choose again.
+                if index.contains(b) && !s.own[set].contains(b) {
+                    s.own[set].push(*b);
+                }
+                if !s.own[set].contains(b) {
+                    s.taken[set].insert(*ip);
+                    continue;
+                }
+            }
+            if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
+                // Not ours after all (a stale cache): forget it, and do not
+                // fall back to borrowing from it.
+                s.own[set].retain(|x| *x != b);
+                continue;
+            }
+            let in_block: HashSet<IpAddr> = used
+                .iter()
+                .map(|(ip, _)| *ip)
+                .filter(|ip| block.is_some_and(|b| b.contains(ip)))
+                .collect();
+            s.taken[set].extend(in_block.iter().copied());
+            s.taken[set].insert(p.ip());
+            if let Some(b) = block {
+                let free = self.sample_free(set, &b, &s.taken[set]);
+                s.free_known[set] = free.into_iter().map(|ip| (ip, b)).collect();
+            }
+        }
+        Ok(())
     }
 
     fn existing(&self, kv: &Kv) -> Result<Vec<Allocated>> {
