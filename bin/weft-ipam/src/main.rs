@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use weft_alloc::alloc::{Allocator, Hints};
+use weft_alloc::alloc::Allocator;
 use weft_alloc::config::IpamConfig;
+use weft_alloc::hints::Hints;
 use weft_cni::result::{CniResult, IpConfig};
 use weft_cni::skel::{Context, Plugin};
 use weft_cni::turns::Turn;
@@ -182,7 +183,7 @@ impl Plugin for WeftIpam {
         let mut alloc = Allocator::new(&cfg, &mut store);
         alloc.netns = ctx.env.netns.as_ref().map(|p| p.display().to_string());
         alloc.wait_ready =
-            weft_cni::files::held_elsewhere(&weft_alloc::alloc::agent_lock(&cfg.data_dir));
+            weft_cni::files::held_elsewhere(&weft_alloc::keys::agent_lock(&cfg.data_dir));
         let got = alloc.add(
             ctx.env.container_id(),
             ctx.env.ifname(),

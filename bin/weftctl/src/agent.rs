@@ -334,7 +334,7 @@ pub fn run(l: &Loaded, ttl: i64, graces: Graces) -> Result<()> {
     // and wait for the ready key after a wipe (see `repair`).
     let _lock = match l.ipam(None) {
         Ok(ipam) => {
-            let path = weft_alloc::alloc::agent_lock(&ipam.data_dir);
+            let path = weft_alloc::keys::agent_lock(&ipam.data_dir);
             let open = |e| anyhow::Error::new(e).context(format!("opening {}", path.display()));
             match weft_cni::files::lock_within(&path, Duration::ZERO).map_err(open)? {
                 Some(lock) => Some(lock),
@@ -381,7 +381,7 @@ fn mark_ready(store: &mut EtcdStore, node: &str, lease: i64) -> Result<()> {
         .txn(
             &[],
             &[Write::PutLeased(
-                weft_alloc::alloc::ready_key(node),
+                weft_alloc::keys::ready_key(node),
                 Vec::new(),
                 lease,
             )],

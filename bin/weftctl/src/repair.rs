@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use anyhow::Result;
-use weft_alloc::alloc::{Allocator, Keys, MemHints};
+use weft_alloc::alloc::Allocator;
+use weft_alloc::hints::MemHints;
+use weft_alloc::keys::Keys;
 use weft_host::ids;
 use weft_host::link::Netlink;
 use weft_host::ovs::Ovs;

@@ -13,7 +13,6 @@
 //! `<addr>` and `<block>` are hex, so keys sort like addresses and a block's
 //! reservations are one key range.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -21,34 +20,21 @@ use serde::{Deserialize, Serialize};
 use weft_cni::error::{self, Error, Result};
 
 use crate::config::IpamConfig;
-use crate::space::{addr_key, block_key, from_u128, to_u128, Range};
+use crate::hints::Hints;
+use crate::keys::{addr_of_ip_key, parse_block_key, ready_key, Keys};
+use crate::pick::{Pick, Search};
+use crate::space::Range;
 use weft_store::store_err;
-use weft_store::{Compare, Epoch, Kv, Read, Store, Write};
+use weft_store::{Compare, Kv, Read, Store, Write};
 
-use weft_cni::error::{ADDRESS_UNAVAILABLE, POOL_EXHAUSTED};
+use weft_cni::error::ADDRESS_UNAVAILABLE;
 
 /// Gives up after this many lost races in one call; the runtime may retry.
 pub(crate) const MAX_ATTEMPTS: usize = 200;
-/// How many free addresses a lost race samples from a block to pick among.
-const SAMPLE: usize = 16;
 /// How long an ADD waits for this host's agent to put back the node's
 /// reservations after a wipe (it takes 25-175 ms in the tests) before it
 /// allocates without that promise; at most half its etcd timeout.
 pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// The key that says this node's reservations are all in etcd: its agent
-/// writes it, under its lease, after each repair (`weftctl agent`). A wiped
-/// or restored etcd lacks it until the agent has put back what its running
-/// containers hold.
-pub fn ready_key(node: &str) -> String {
-    format!("/weft/v1/ipam-ready/{node}")
-}
-
-/// Where a host's agent holds its lock for as long as it runs, in IPAM's
-/// data dir: an ADD that finds it held waits for [`ready_key`].
-pub fn agent_lock(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("agent.lock")
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -81,112 +67,9 @@ impl Allocated {
     }
 }
 
-/// Where the next automatic address search starts, per range set: a hint
-/// kept on the node (like host-local's last_reserved_ip), never trusted.
-/// It also caches the node's blocks, which saves the read that would find
-/// them: the reservation's own compare says whether we still hold a block.
-pub trait Hints {
-    fn get(&self, set: usize) -> Option<IpAddr>;
-    fn set(&mut self, set: usize, ip: IpAddr);
-    fn blocks(&self) -> Option<Vec<IpNet>>;
-    fn set_blocks(&mut self, blocks: Vec<IpNet>);
-    /// The etcd epoch the cached blocks were last confirmed under.
-    fn epoch(&self) -> Option<Epoch>;
-    fn set_epoch(&mut self, epoch: Epoch);
-}
-
-#[derive(Debug, Default)]
-pub struct MemHints {
-    pub last: std::collections::HashMap<usize, IpAddr>,
-    pub blocks: Option<Vec<IpNet>>,
-    pub epoch: Option<Epoch>,
-}
-
-impl Hints for MemHints {
-    fn get(&self, set: usize) -> Option<IpAddr> {
-        self.last.get(&set).copied()
-    }
-    fn set(&mut self, set: usize, ip: IpAddr) {
-        self.last.insert(set, ip);
-    }
-    fn blocks(&self) -> Option<Vec<IpNet>> {
-        self.blocks.clone()
-    }
-    fn set_blocks(&mut self, blocks: Vec<IpNet>) {
-        self.blocks = Some(blocks);
-    }
-    fn epoch(&self) -> Option<Epoch> {
-        self.epoch
-    }
-    fn set_epoch(&mut self, epoch: Epoch) {
-        self.epoch = Some(epoch);
-    }
-}
-
-pub struct Keys {
-    base: String,
-}
-
-impl Keys {
-    pub fn new(network: &str) -> Self {
-        Keys {
-            base: format!("/weft/v1/ipam/{network}/"),
-        }
-    }
-    pub fn owner(&self, cid: &str, ifname: &str) -> String {
-        format!("{}owners/{cid}/{ifname}", self.base)
-    }
-    pub fn owners(&self) -> String {
-        format!("{}owners/", self.base)
-    }
-    pub fn ip(&self, ip: IpAddr) -> String {
-        format!("{}ips/{}", self.base, addr_key(ip))
-    }
-    pub fn ips(&self) -> String {
-        format!("{}ips/", self.base)
-    }
-    /// Every reservation inside `block`.
-    pub fn ips_in(&self, block: &IpNet) -> Read {
-        Read::Range {
-            start: self.ip(block.network()),
-            end: format!("{}\0", self.ip(block.broadcast())),
-        }
-    }
-    pub fn block(&self, b: &IpNet) -> String {
-        format!("{}blocks/{}", self.base, block_key(b))
-    }
-    pub fn blocks(&self) -> String {
-        format!("{}blocks/", self.base)
-    }
-    pub fn node_blocks(&self, node: &str) -> String {
-        format!("{}nodes/{node}/", self.base)
-    }
-    pub fn node_block(&self, node: &str, b: &IpNet) -> String {
-        format!("{}{}", self.node_blocks(node), block_key(b))
-    }
-}
-
-/// Reads a block back from the tail of its key ("4-0a000000-26").
-pub fn parse_block_key(key: &str) -> Option<IpNet> {
-    let tail = key.rsplit('/').next()?;
-    let mut parts = tail.split('-');
-    let (family, hex, prefix) = (parts.next()?, parts.next()?, parts.next()?);
-    let v = u128::from_str_radix(hex, 16).ok()?;
-    IpNet::new(from_u128(v, family == "6"), prefix.parse().ok()?).ok()
-}
-
-pub(crate) fn addr_of_ip_key(key: &str) -> Option<IpAddr> {
-    let tail = key.rsplit('/').next()?;
-    let (family, hex) = tail.split_once('-')?;
-    Some(from_u128(
-        u128::from_str_radix(hex, 16).ok()?,
-        family == "6",
-    ))
-}
-
 /// A small xorshift generator: retries pick a random free address so that
 /// racing allocators spread out instead of colliding again.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new() -> Self {
@@ -202,10 +85,10 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-    fn next_u128(&mut self) -> u128 {
+    pub(crate) fn next_u128(&mut self) -> u128 {
         ((self.next() as u128) << 64) | self.next() as u128
     }
 }
@@ -214,45 +97,12 @@ pub struct Allocator<'a, S: Store> {
     pub(crate) cfg: &'a IpamConfig,
     pub(crate) store: &'a mut S,
     pub(crate) keys: Keys,
-    rng: Rng,
+    pub(crate) rng: Rng,
     /// Recorded with each reservation (CNI_NETNS).
     pub netns: Option<String>,
     /// This host's agent runs: a reservation also needs [`ready_key`], so
     /// none is made between a wipe of etcd and the agent's repair.
     pub wait_ready: bool,
-}
-
-/// Where one range set's address will come from in the next attempt.
-#[derive(Debug, Clone)]
-enum Pick {
-    Static(IpAddr),
-    /// Inside a block we hold (the transaction checks we still do).
-    Own(IpAddr, IpNet),
-    /// Inside another node's block.
-    Borrowed(IpAddr, IpNet),
-    /// Inside a free block, claimed by the same transaction.
-    Claim(IpAddr, IpNet),
-}
-
-impl Pick {
-    fn ip(&self) -> IpAddr {
-        match self {
-            Pick::Static(ip) | Pick::Own(ip, _) | Pick::Borrowed(ip, _) | Pick::Claim(ip, _) => *ip,
-        }
-    }
-    fn block(&self) -> Option<&IpNet> {
-        match self {
-            Pick::Own(_, b) | Pick::Borrowed(_, b) | Pick::Claim(_, b) => Some(b),
-            Pick::Static(_) => None,
-        }
-    }
-    /// A block this pick's transaction proves ours when it commits.
-    fn ours(&self) -> Option<&IpNet> {
-        match self {
-            Pick::Own(_, b) | Pick::Claim(_, b) => Some(b),
-            _ => None,
-        }
-    }
 }
 
 /// What the first read found, without cached blocks.
@@ -261,24 +111,6 @@ enum Start {
     Held(Vec<Allocated>),
     /// The node's blocks.
     Blocks(Vec<IpNet>),
-}
-
-/// One ADD's search, per range set, across attempts.
-struct Search {
-    /// The blocks this node holds.
-    own: Vec<Vec<IpNet>>,
-    /// Addresses known taken, learnt from failed attempts.
-    taken: Vec<HashSet<IpAddr>>,
-    /// Free addresses sampled from a block after a lost race, to pick among.
-    free_known: Vec<Vec<(IpAddr, IpNet)>>,
-}
-
-/// Where a range set's next block comes from.
-enum Chosen {
-    /// etcd's index has it as ours; the cache had lost it.
-    Ours(IpNet),
-    /// Nobody holds it; the reservation claims it.
-    Free(IpNet),
 }
 
 impl<'a, S: Store> Allocator<'a, S> {
@@ -293,7 +125,7 @@ impl<'a, S: Store> Allocator<'a, S> {
         }
     }
 
-    fn prefix_for(&self, set: usize) -> u8 {
+    pub(crate) fn prefix_for(&self, set: usize) -> u8 {
         if self.cfg.range_sets[set][0].is_v6() {
             self.cfg.block_v6
         } else {
@@ -321,7 +153,7 @@ impl<'a, S: Store> Allocator<'a, S> {
     }
 
     /// Blocks of set `set` in `claimed` (keys of `blocks/` or `nodes/<n>/`).
-    fn blocks_of_set(&self, set: usize, kvs: &[Kv]) -> Vec<IpNet> {
+    pub(crate) fn blocks_of_set(&self, set: usize, kvs: &[Kv]) -> Vec<IpNet> {
         let blocks: Vec<IpNet> = kvs
             .iter()
             .filter_map(|kv| parse_block_key(&kv.key))
@@ -329,7 +161,7 @@ impl<'a, S: Store> Allocator<'a, S> {
         self.in_set(set, &blocks)
     }
 
-    fn in_set(&self, set: usize, blocks: &[IpNet]) -> Vec<IpNet> {
+    pub(crate) fn in_set(&self, set: usize, blocks: &[IpNet]) -> Vec<IpNet> {
         blocks
             .iter()
             .copied()
@@ -339,74 +171,6 @@ impl<'a, S: Store> Allocator<'a, S> {
                     .any(|r| r.subnet.contains(&b.network()))
             })
             .collect()
-    }
-
-    /// The first free address of `block` at or after `from`, over every
-    /// range of the set.
-    fn next_free(
-        &self,
-        set: usize,
-        block: &IpNet,
-        from: IpAddr,
-        skip: &HashSet<IpAddr>,
-    ) -> Option<IpAddr> {
-        self.cfg.range_sets[set]
-            .iter()
-            .filter_map(|r| r.next_free_in(block, from, &self.cfg.exclude, skip))
-            .min_by_key(|ip| to_u128(*ip))
-    }
-
-    /// Up to `SAMPLE` distinct free addresses of `block`, each the first
-    /// free one after a random point: racing allocators spread over the
-    /// block, and the cost does not grow with the block's size.
-    fn sample_free(&mut self, set: usize, block: &IpNet, skip: &HashSet<IpAddr>) -> Vec<IpAddr> {
-        let (lo, hi) = (to_u128(block.network()), to_u128(block.broadcast()));
-        let span = (hi - lo).checked_add(1);
-        let mut out: Vec<IpAddr> = Vec::new();
-        for _ in 0..SAMPLE {
-            let r = self.rng.next_u128();
-            let at = from_u128(lo + span.map_or(r, |n| r % n), block.network().is_ipv6());
-            let Some(ip) = self
-                .next_free(set, block, at, skip)
-                .or_else(|| self.next_free(set, block, block.network(), skip))
-            else {
-                break;
-            };
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-        out
-    }
-
-    fn first_free_after(
-        &self,
-        set: usize,
-        blocks: &[IpNet],
-        hint: Option<IpAddr>,
-        skip: &HashSet<IpAddr>,
-    ) -> Option<(IpAddr, IpNet)> {
-        // Start just after the hint when it lies in one of our blocks, so
-        // sequential allocations on a node rarely collide.
-        let start = hint.and_then(|h| blocks.iter().position(|b| b.contains(&h)).map(|i| (i, h)));
-        let order: Vec<usize> = match start {
-            Some((i, _)) => (i..blocks.len()).chain(0..i).collect(),
-            None => (0..blocks.len()).collect(),
-        };
-        for i in order {
-            let block = blocks[i];
-            let after_hint = start
-                .filter(|(si, _)| *si == i)
-                .and_then(|(_, h)| to_u128(h).checked_add(1))
-                .map(|v| from_u128(v, block.network().is_ipv6()))
-                .and_then(|from| self.next_free(set, &block, from, skip));
-            if let Some(ip) =
-                after_hint.or_else(|| self.next_free(set, &block, block.network(), skip))
-            {
-                return Some((ip, block));
-            }
-        }
-        None
     }
 
     /// ADD: the attachment's addresses, one per range set; the same ones
@@ -536,73 +300,6 @@ impl<'a, S: Store> Allocator<'a, S> {
         Ok(statics)
     }
 
-    fn search(&self, mut known: Vec<IpNet>) -> Search {
-        known.sort();
-        known.dedup();
-        let sets = self.cfg.range_sets.len();
-        Search {
-            own: (0..sets).map(|s| self.in_set(s, &known)).collect(),
-            taken: vec![HashSet::new(); sets],
-            free_known: vec![Vec::new(); sets],
-        }
-    }
-
-    /// The next attempt's address for every range set; None when a block
-    /// just chosen has no free address after all (the next attempt looks
-    /// again).
-    fn pick(
-        &mut self,
-        statics: &[Option<IpAddr>],
-        s: &mut Search,
-        hints: &dyn Hints,
-    ) -> Result<Option<Vec<Pick>>> {
-        // Every set is looked at even when one has no pick: what the look
-        // learns (a block chosen, addresses to borrow) serves the next attempt.
-        let mut picks = Vec::with_capacity(statics.len());
-        for (set, requested) in statics.iter().enumerate() {
-            let pick = if let Some(ip) = requested {
-                Pick::Static(*ip)
-            } else if !s.free_known[set].is_empty() {
-                let at = self.rng.below(s.free_known[set].len());
-                let (ip, block) = s.free_known[set].swap_remove(at);
-                if s.own[set].contains(&block) {
-                    Pick::Own(ip, block)
-                } else {
-                    Pick::Borrowed(ip, block)
-                }
-            } else if let Some((ip, block)) =
-                self.first_free_after(set, &s.own[set], hints.get(set), &s.taken[set])
-            {
-                Pick::Own(ip, block)
-            } else {
-                match self.choose_block(set, &s.own[set])? {
-                    Some(Chosen::Ours(block)) => {
-                        s.own[set].push(block);
-                        let first = self.first_free_after(set, &[block], None, &s.taken[set]);
-                        picks.push(first.map(|(ip, b)| Pick::Own(ip, b)));
-                        continue;
-                    }
-                    Some(Chosen::Free(block)) => {
-                        let first = self.first_free_after(set, &[block], None, &s.taken[set]);
-                        picks.push(first.map(|(ip, b)| Pick::Claim(ip, b)));
-                        continue;
-                    }
-                    None => {
-                        s.free_known[set] = self.borrowable(set, &s.taken[set])?;
-                        if s.free_known[set].is_empty() {
-                            return Err(self.exhausted(set));
-                        }
-                        let at = self.rng.below(s.free_known[set].len());
-                        let (ip, block) = s.free_known[set].swap_remove(at);
-                        Pick::Borrowed(ip, block)
-                    }
-                }
-            };
-            picks.push(Some(pick));
-        }
-        Ok(picks.into_iter().collect())
-    }
-
     /// After a committed reservation: the hints remember where each search
     /// ended and which blocks are ours (only those the commit proved, when
     /// the cache was stale).
@@ -630,64 +327,6 @@ impl<'a, S: Store> Allocator<'a, S> {
         }
         hints.set_blocks(s.own.iter().flatten().copied().collect());
         self.allocated(&picks.iter().map(Pick::ip).collect::<Vec<_>>())
-    }
-
-    /// After a lost race: what the failed transaction read back says is
-    /// taken, and which blocks are ours; a requested address someone holds
-    /// is the caller's error.
-    fn learn(
-        &mut self,
-        picks: &[Pick],
-        used: &[(IpAddr, Holder)],
-        lost_blocks: &[IpNet],
-        index: &[IpNet],
-        s: &mut Search,
-    ) -> Result<()> {
-        for (set, p) in picks.iter().enumerate() {
-            if let Pick::Static(ip) = p {
-                if let Some(holder) = used.iter().find_map(|(ip2, h)| (ip2 == ip).then_some(h)) {
-                    return Err(Error::new(
-                        ADDRESS_UNAVAILABLE,
-                        format!(
-                            "{ip} is held by container {} ifname {} on node {}",
-                            holder.container_id, holder.ifname, holder.node
-                        ),
-                    ));
-                }
-                continue;
-            }
-            let block = p.block().copied();
-            if let Pick::Claim(ip, b) = p {
-                // Ours now if a sibling process on this node claimed it
-                // first (the index says so); otherwise another node won it:
-                // choose again.
-                if index.contains(b) && !s.own[set].contains(b) {
-                    s.own[set].push(*b);
-                }
-                if !s.own[set].contains(b) {
-                    s.taken[set].insert(*ip);
-                    continue;
-                }
-            }
-            if let Some(b) = block.filter(|b| lost_blocks.contains(b)) {
-                // Not ours after all (a stale cache): forget it, and do not
-                // fall back to borrowing from it.
-                s.own[set].retain(|x| *x != b);
-                continue;
-            }
-            let in_block: HashSet<IpAddr> = used
-                .iter()
-                .map(|(ip, _)| *ip)
-                .filter(|ip| block.is_some_and(|b| b.contains(ip)))
-                .collect();
-            s.taken[set].extend(in_block.iter().copied());
-            s.taken[set].insert(p.ip());
-            if let Some(b) = block {
-                let free = self.sample_free(set, &b, &s.taken[set]);
-                s.free_known[set] = free.into_iter().map(|ip| (ip, b)).collect();
-            }
-        }
-        Ok(())
     }
 
     fn existing(&self, kv: &Kv) -> Result<Vec<Allocated>> {
@@ -841,102 +480,6 @@ impl<'a, S: Store> Allocator<'a, S> {
             "this host's agent did not restore its reservations in time; allocating without it");
         self.wait_ready = false;
         Ok(())
-    }
-
-    /// The block to take the next address of `set` from: one of ours the
-    /// cache lacks, else a free one for the reservation to claim; None when
-    /// none is left. One read.
-    fn choose_block(&mut self, set: usize, own: &[IpNet]) -> Result<Option<Chosen>> {
-        let node = self.cfg.node.clone();
-        let prefix = self.prefix_for(set);
-        let r = self
-            .store
-            .read(&[
-                Read::prefix(&self.keys.blocks()),
-                Read::prefix(&self.keys.node_blocks(&node)),
-            ])
-            .map_err(store_err)?;
-        // Ours in etcd but not in the cache (another weft-ipam on this
-        // node claimed it, or the cache was dropped): use it first.
-        let forgotten = self
-            .blocks_of_set(set, &r[1].kvs)
-            .into_iter()
-            .find(|b| !own.contains(b));
-        if let Some(b) = forgotten {
-            return Ok(Some(Chosen::Ours(b)));
-        }
-        let claimed: HashSet<IpNet> = r[0]
-            .kvs
-            .iter()
-            .filter_map(|kv| parse_block_key(&kv.key))
-            .collect();
-        // Several of the first free blocks, so racing nodes tend to differ.
-        let none = HashSet::new();
-        let mut free: Vec<IpNet> = Vec::new();
-        for r in &self.cfg.range_sets[set] {
-            for b in r.blocks(prefix) {
-                if free.len() >= 8 {
-                    break;
-                }
-                if !claimed.contains(&b)
-                    && !free.contains(&b)
-                    && r.next_free_in(&b, b.network(), &self.cfg.exclude, &none)
-                        .is_some()
-                {
-                    free.push(b);
-                }
-            }
-        }
-        if free.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Chosen::Free(free[self.rng.below(free.len())])))
-    }
-
-    /// Free addresses in other nodes' blocks of `set`.
-    fn borrowable(&mut self, set: usize, taken: &HashSet<IpAddr>) -> Result<Vec<(IpAddr, IpNet)>> {
-        let claimed = self
-            .store
-            .read(&[Read::prefix(&self.keys.blocks())])
-            .map_err(store_err)?;
-        let blocks = self.blocks_of_set(set, &claimed[0].kvs);
-        let mut order: Vec<usize> = (0..blocks.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, self.rng.below(i + 1));
-        }
-        for i in order {
-            let block = blocks[i];
-            let used = self
-                .store
-                .read(&[self.keys.ips_in(&block)])
-                .map_err(store_err)?;
-            let mut used: HashSet<IpAddr> = used[0]
-                .kvs
-                .iter()
-                .filter_map(|kv| addr_of_ip_key(&kv.key))
-                .collect();
-            used.extend(taken.iter().copied());
-            let free = self.sample_free(set, &block, &used);
-            if !free.is_empty() {
-                return Ok(free.into_iter().map(|ip| (ip, block)).collect());
-            }
-        }
-        Ok(Vec::new())
-    }
-
-    pub(crate) fn exhausted(&self, set: usize) -> Error {
-        let ranges: Vec<String> = self.cfg.range_sets[set]
-            .iter()
-            .map(|r| format!("{}-{}", r.start, r.end))
-            .collect();
-        Error::new(
-            POOL_EXHAUSTED,
-            format!(
-                "network {} has no free address left in range set {set} ({})",
-                self.cfg.network,
-                ranges.join(", ")
-            ),
-        )
     }
 }
 

@@ -7,8 +7,10 @@ use serde_json::json;
 
 use super::*;
 use crate::config::IpamConfig;
-use weft_cni::error::RESERVATION_MISMATCH;
-use weft_store::{MemStore, ReadResult, StoreError, TxnResult};
+use crate::hints::MemHints;
+use crate::keys::Keys;
+use weft_cni::error::{POOL_EXHAUSTED, RESERVATION_MISMATCH};
+use weft_store::{Epoch, MemStore, ReadResult, StoreError, TxnResult};
 
 fn cfg(node: &str, ipam: serde_json::Value) -> IpamConfig {
     let mut v = ipam;

@@ -6,5 +6,8 @@
 
 pub mod alloc;
 pub mod config;
+pub mod hints;
+pub mod keys;
+mod pick;
 pub mod space;
 mod upkeep;

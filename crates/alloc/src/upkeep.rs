@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use weft_cni::error::{self, Error, Result, RESERVATION_MISMATCH};
 use weft_store::{store_err, Compare, Kv, Read, Store, Write};
 
-use crate::alloc::{addr_of_ip_key, parse_block_key, Allocator, Holder, OwnerRecord, MAX_ATTEMPTS};
+use crate::alloc::{Allocator, Holder, OwnerRecord, MAX_ATTEMPTS};
+use crate::keys::{addr_of_ip_key, parse_block_key};
 
 impl<S: Store> Allocator<'_, S> {
     /// DEL: releases the attachment's addresses; missing is success.
