@@ -3,11 +3,14 @@
 
 use anyhow::Result;
 use serde_json::json;
-use weft_host::config::{kernel_datapath_available, DatapathType};
+use weft_host::config::{kernel_datapath_available, Config, DatapathType};
 use weft_host::link::Netlink;
+use weft_host::overlay::config::Overlay;
 use weft_host::overlay::registry;
+use weft_host::overlay::underlay::Underlay;
 use weft_host::overlay::{self, tunnels, underlay};
 use weft_host::ovs::Ovs;
+use weft_store::etcd::EtcdStore;
 
 use crate::conf::Loaded;
 use crate::table::{emit, Table};
@@ -38,10 +41,54 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
         Status::Ok,
         format!("network {}, bridge {}", cfg.network, cfg.bridge),
     );
-
     let module = kernel_datapath_available();
     let wanted = cfg.datapath.resolve(|| module);
-    let mut ovs = match Ovs::connect(&cfg.ovsdb_socket).and_then(|mut o| o.ping().map(|_| o)) {
+    let mut ovs = ovs_check(cfg, &mut c);
+    datapath_check(cfg, wanted, module, ovs.as_mut(), &mut c);
+    firewall(cfg, module, ovs.as_mut(), &mut c);
+
+    let Some(o) = cfg.overlay.as_ref() else {
+        c.put(
+            "overlay",
+            Status::Ok,
+            "no etcd in the config: single-host network",
+        );
+        if let Some(o) = ovs.as_mut() {
+            vlans(o, &cfg.bridge, &std::collections::HashMap::new(), &mut c);
+        }
+        return Ok(finish(c, json));
+    };
+    let nl = Netlink::new().map_err(crate::conf::cni)?;
+    let u = underlay_check(&nl, o, &mut c);
+    if let Some(u) = &u {
+        mtu_check(cfg, o, u, &mut c);
+        if wanted == DatapathType::Netdev {
+            userspace_tunnels_check(u, ovs.as_mut(), &mut c);
+        }
+    }
+    let mut store = match l.store() {
+        Ok(s) => {
+            c.put(
+                "etcd",
+                Status::Ok,
+                format!("answers at {}", o.etcd.endpoints.join(",")),
+            );
+            s
+        }
+        Err(e) => {
+            c.put("etcd", Status::Fail, format!("{e:#}"));
+            return Ok(finish(c, json));
+        }
+    };
+    registration_check(&mut store, o, u.as_ref(), &mut c);
+    if let Some(ovs) = ovs.as_mut() {
+        tunnel_checks(&mut store, o, ovs, &cfg.bridge, &mut c);
+    }
+    Ok(finish(c, json))
+}
+
+fn ovs_check(cfg: &Config, c: &mut Checks) -> Option<Ovs> {
+    match Ovs::connect(&cfg.ovsdb_socket).and_then(|mut o| o.ping().map(|_| o)) {
         Ok(o) => {
             c.put(
                 "ovs",
@@ -58,7 +105,16 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             );
             None
         }
-    };
+    }
+}
+
+fn datapath_check(
+    cfg: &Config,
+    wanted: DatapathType,
+    module: bool,
+    ovs: Option<&mut Ovs>,
+    c: &mut Checks,
+) {
     match (wanted, module) {
         (DatapathType::System, false) => c.put(
             "datapath",
@@ -71,7 +127,7 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             format!("{wanted} (kernel module {})", if module { "loaded" } else { "absent" }),
         ),
     }
-    if let Some(o) = ovs.as_mut() {
+    if let Some(o) = ovs {
         if let Ok(Some(dp)) = o.bridge_datapath(&cfg.bridge) {
             if dp != wanted {
                 c.put(
@@ -82,22 +138,10 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             }
         }
     }
+}
 
-    firewall(cfg, module, ovs.as_mut(), &mut c);
-
-    let Some(o) = cfg.overlay.as_ref() else {
-        c.put(
-            "overlay",
-            Status::Ok,
-            "no etcd in the config: single-host network",
-        );
-        if let Some(o) = ovs.as_mut() {
-            vlans(o, &cfg.bridge, &std::collections::HashMap::new(), &mut c);
-        }
-        return Ok(finish(c, json));
-    };
-    let nl = Netlink::new().map_err(crate::conf::cni)?;
-    let u = match underlay::detect(&nl, o) {
+fn underlay_check(nl: &Netlink, o: &Overlay, c: &mut Checks) -> Option<Underlay> {
+    match underlay::detect(nl, o) {
         Ok(u) => {
             c.put(
                 "underlay",
@@ -110,66 +154,56 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             c.put("underlay", Status::Fail, e.msg);
             None
         }
-    };
-    if let Some(u) = &u {
-        let mtu = overlay::mtu(cfg, Some(u));
-        let need = mtu + o.tunnel.overhead(u.ip.is_ipv6());
-        if need > u.mtu {
-            c.put(
-                "mtu",
-                Status::Fail,
-                format!(
-                    "container MTU {mtu} + {} bytes of {} > underlay MTU {}; set mtu to {} or less",
-                    need - mtu,
-                    o.tunnel.as_str(),
-                    u.mtu,
-                    u.mtu.saturating_sub(need - mtu)
-                ),
-            );
-        } else {
-            c.put(
-                "mtu",
-                Status::Ok,
-                format!(
-                    "containers {mtu}, underlay {} ({})",
-                    u.mtu,
-                    o.tunnel.as_str()
-                ),
-            );
-        }
-        if wanted == DatapathType::Netdev {
-            match ovs.as_mut().map(|x| x.interface_type(&u.ifname)) {
-                Some(Ok(Some(t))) if t == "internal" => c.put(
-                    "userspace tunnels",
-                    Status::Ok,
-                    format!("underlay address is on OVS internal port {}", u.ifname),
-                ),
-                _ => c.put(
-                    "userspace tunnels",
-                    Status::Fail,
-                    format!(
-                        "with datapath netdev, OVS routes tunnels itself: put {} on an OVS internal port of a netdev bridge (ovs-vsctl add-br br-underlay -- set bridge br-underlay datapath_type=netdev -- add-port br-underlay {}; then move the address to br-underlay)",
-                        u.ip, u.ifname
-                    ),
-                ),
-            }
-        }
     }
+}
 
-    let mut store = match l.store() {
-        Ok(s) => {
-            c.put(
-                "etcd",
-                Status::Ok,
-                format!("answers at {}", o.etcd.endpoints.join(",")),
-            );
-            s
-        }
-        Err(e) => {
-            c.put("etcd", Status::Fail, format!("{e:#}"));
-            return Ok(finish(c, json));
-        }
-    };
+fn mtu_check(cfg: &Config, o: &Overlay, u: &Underlay, c: &mut Checks) {
+    let mtu = overlay::mtu(cfg, Some(u));
+    let need = mtu + o.tunnel.overhead(u.ip.is_ipv6());
+    if need > u.mtu {
+        c.put(
+            "mtu",
+            Status::Fail,
+            format!(
+                "container MTU {mtu} + {} bytes of {} > underlay MTU {}; set mtu to {} or less",
+                need - mtu,
+                o.tunnel.as_str(),
+                u.mtu,
+                u.mtu.saturating_sub(need - mtu)
+            ),
+        );
+    } else {
+        c.put(
+            "mtu",
+            Status::Ok,
+            format!(
+                "containers {mtu}, underlay {} ({})",
+                u.mtu,
+                o.tunnel.as_str()
+            ),
+        );
+    }
+}
+
+fn userspace_tunnels_check(u: &Underlay, ovs: Option<&mut Ovs>, c: &mut Checks) {
+    match ovs.map(|x| x.interface_type(&u.ifname)) {
+        Some(Ok(Some(t))) if t == "internal" => c.put(
+            "userspace tunnels",
+            Status::Ok,
+            format!("underlay address is on OVS internal port {}", u.ifname),
+        ),
+        _ => c.put(
+            "userspace tunnels",
+            Status::Fail,
+            format!(
+                "with datapath netdev, OVS routes tunnels itself: put {} on an OVS internal port of a netdev bridge (ovs-vsctl add-br br-underlay -- set bridge br-underlay datapath_type=netdev -- add-port br-underlay {}; then move the address to br-underlay)",
+                u.ip, u.ifname
+            ),
+        ),
+    }
+}
+
+fn registration_check(store: &mut EtcdStore, o: &Overlay, u: Option<&Underlay>, c: &mut Checks) {
     let mut client = store.client();
     let me = store.block_on(client.get(registry::node_key(&o.node), None));
     match me
@@ -189,7 +223,7 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
                 .as_str()
                 .unwrap_or("?")
                 .to_string();
-            if u.as_ref().is_some_and(|u| u.ip.to_string() != ip) {
+            if u.is_some_and(|u| u.ip.to_string() != ip) {
                 c.put("registration", Status::Fail, format!("registered with {ip}, but this host's underlay is now different; restart weftctl agent or run an ADD"));
             } else if lease == 0 {
                 c.put("registration", Status::Warn, format!("node {} at {ip}, no lease: run weftctl agent so peers learn when this host leaves", o.node));
@@ -202,40 +236,43 @@ pub fn run(l: &Loaded, json: bool) -> Result<bool> {
             }
         }
     }
-    if let (Some(ovs), Ok(nets)) = (ovs.as_mut(), registry::networks_of(&mut store, &o.node)) {
-        let mut vnis = std::collections::HashMap::new();
-        for net in nets {
-            let Ok(Some(view)) = registry::view(&mut store, &net, &o.node) else {
-                continue;
-            };
-            vnis.insert(net.clone(), view.network.vni);
-            let have = ovs.tunnel_ports(&net).unwrap_or_default();
-            let plan = tunnels::plan(&tunnels::desired(&net, &view.network, &view.peers), &have);
-            if plan.is_empty() {
-                c.put(
-                    &format!("tunnels {net}"),
-                    Status::Ok,
-                    format!("{} peers, all connected", view.peers.len()),
-                );
-            } else {
-                c.put(
-                    &format!("tunnels {net}"),
-                    Status::Warn,
-                    format!(
-                        "{} to add, {} to remove; weftctl agent (or the next ADD) reconciles them",
-                        plan.add.len(),
-                        plan.remove.len()
-                    ),
-                );
-            }
-        }
-        vlans(ovs, &cfg.bridge, &vnis, &mut c);
-    }
-    Ok(finish(c, json))
 }
 
-/// Every weft port is on its network's VLAN: the registry's VNI, or the
-/// bridge's record for a single-host network.
+/// Each of this node's networks: its tunnels as the registry wants them;
+/// then every VLAN on the bridge.
+fn tunnel_checks(store: &mut EtcdStore, o: &Overlay, ovs: &mut Ovs, bridge: &str, c: &mut Checks) {
+    let Ok(nets) = registry::networks_of(store, &o.node) else {
+        return;
+    };
+    let mut vnis = std::collections::HashMap::new();
+    for net in nets {
+        let Ok(Some(view)) = registry::view(store, &net, &o.node) else {
+            continue;
+        };
+        vnis.insert(net.clone(), view.network.vni);
+        let have = ovs.tunnel_ports(&net).unwrap_or_default();
+        let plan = tunnels::plan(&tunnels::desired(&net, &view.network, &view.peers), &have);
+        if plan.is_empty() {
+            c.put(
+                &format!("tunnels {net}"),
+                Status::Ok,
+                format!("{} peers, all connected", view.peers.len()),
+            );
+        } else {
+            c.put(
+                &format!("tunnels {net}"),
+                Status::Warn,
+                format!(
+                    "{} to add, {} to remove; weftctl agent (or the next ADD) reconciles them",
+                    plan.add.len(),
+                    plan.remove.len()
+                ),
+            );
+        }
+    }
+    vlans(ovs, bridge, &vnis, c);
+}
+
 fn vlans(
     ovs: &mut Ovs,
     bridge: &str,
