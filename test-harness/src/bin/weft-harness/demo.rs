@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use weft_harness::cluster::{reach_matrix, render_matrix, Cluster, Placed, UNDERLAY_PORT};
+use weft_harness::cluster::{reach_matrix, render_matrix, Agent, Cluster, Placed, UNDERLAY_PORT};
 
 const NETS: [(&str, &str); 2] = [("blue", "10.250.0.0/16"), ("red", "10.251.0.0/16")];
 /// The agents' lease: short, so a host that leaves is seen to leave.
@@ -74,6 +74,30 @@ pub fn run() -> Result<()> {
     weft_harness::require_root();
     println!("== weft demo: containers on three hosts, two isolated networks ==\n");
     let mut c = Cluster::new("demo", 3)?;
+    introduce(&c)?;
+    let agents = start_agents(&c)?;
+    let mut placed = place_everywhere(&c)?;
+    join_and_leave(&mut c, &mut placed)?;
+    let left = clean_up(&c, placed, agents)?;
+    println!(
+        "  Left behind: {}",
+        if left.is_empty() {
+            "nothing (no ports, veths, registrations or addresses)".to_string()
+        } else {
+            left.join("; ")
+        }
+    );
+    println!("Tearing down the simulated hosts, etcd and the underlay...");
+    drop(c);
+    println!("Done.");
+    if !left.is_empty() {
+        bail!("something was left behind");
+    }
+    Ok(())
+}
+
+/// The simulated hosts, and the conflist every host uses.
+fn introduce(c: &Cluster) -> Result<()> {
     println!(
         "Simulated: an underlay (namespace {}, 172.31.0.0/24) with etcd at {},",
         c.fabric.netns.name,
@@ -102,7 +126,10 @@ pub fn run() -> Result<()> {
         "(The harness adds only the OVS socket, node name and log file per host, because its\n\
          hosts share one filesystem and hostname. Real hosts need none of them.)\n"
     );
+    Ok(())
+}
 
+fn start_agents(c: &Cluster) -> Result<Vec<Agent>> {
     println!(
         "Starting `weftctl agent` on each host (etcd lease {LEASE_S} s, watches the registry):"
     );
@@ -112,41 +139,49 @@ pub fn run() -> Result<()> {
         agents.push(c.start_agent(h, &conf, LEASE_S)?);
         println!("  h{h}: agent pid {}", agents[h].pid().unwrap_or(0));
     }
+    Ok(agents)
+}
 
+/// A blue and a red container on every host, then who reaches whom.
+fn place_everywhere(c: &Cluster) -> Result<Vec<Placed>> {
     println!(
         "\nA blue and a red container on every host (weft and weft-ipam exec'd as a runtime does):"
     );
     let mut placed = Vec::new();
     for h in 0..3 {
         for net in NETS {
-            placed.push(place(&c, h, net)?);
+            placed.push(place(c, h, net)?);
         }
     }
     for h in 0..3 {
         c.wait_tunnels(h, 4, Duration::from_secs(5))?;
     }
     println!();
-    weftctl(&c, 0, &["nodes"])?;
-    weftctl(&c, 0, &["networks"])?;
-    weftctl(&c, 0, &["tunnels"])?;
+    weftctl(c, 0, &["nodes"])?;
+    weftctl(c, 0, &["networks"])?;
+    weftctl(c, 0, &["tunnels"])?;
 
     println!("\nWho reaches whom (ping from row to column, all at once):");
     show_matrix(&placed)?;
+    Ok(placed)
+}
 
+/// A fourth host joins with a container, then leaves.
+fn join_and_leave(c: &mut Cluster, placed: &mut Vec<Placed>) -> Result<()> {
     println!(
         "A fourth host joins: it starts its agent and its first container, nothing else changes."
     );
     let late = c.add_host()?;
     let conf = c.network(late, NETS[0].0, NETS[0].1, json!({}));
     let late_agent = c.start_agent(late, &conf, LEASE_S)?;
-    let newcomer = place(&c, late, NETS[0])?;
+    let newcomer = place(c, late, NETS[0])?;
     let took = c.wait_tunnels(0, 5, Duration::from_secs(5))?;
     println!(
         "  h0 had a tunnel to h{late} {} after h{late}'s ADD returned (its agent saw the registry change)",
         ms(took)
     );
     placed.push(newcomer);
-    show_matrix(&placed)?;
+    show_matrix(placed)?;
 
     println!(
         "h{late} leaves: its container is deleted and its agent stopped (which gives up its lease)."
@@ -162,9 +197,14 @@ pub fn run() -> Result<()> {
         ms(start.elapsed())
     );
     println!("  `weftctl cleanup` then removes what weft made on h{late}:");
-    weftctl(&c, late, &["cleanup"])?;
+    weftctl(c, late, &["cleanup"])?;
     println!();
+    Ok(())
+}
 
+/// DEL every container, stop the agents, `weftctl cleanup` on every host;
+/// returns what is left anywhere (nothing, when all went well).
+fn clean_up(c: &Cluster, placed: Vec<Placed>, agents: Vec<Agent>) -> Result<Vec<String>> {
     println!(
         "Clean-up: DEL every container, stop the agents, then `weftctl cleanup` on every host."
     );
@@ -200,6 +240,8 @@ pub fn run() -> Result<()> {
             left.push(format!("h{i}: {ports} OVS ports, {links} veths"));
         }
     }
+    // The registry and IPAM are the cluster's: asked from h0.
+    let conf = c.network(0, NETS[0].0, NETS[0].1, json!({}));
     let nodes = c.weftctl(0, &conf, &["nodes", "--json"])?;
     let nodes: Value = serde_json::from_slice(&nodes.stdout).unwrap_or(Value::Null);
     let n = nodes.as_array().map_or(0, Vec::len);
@@ -214,19 +256,5 @@ pub fn run() -> Result<()> {
             left.push(format!("{a} addresses still held in {net}"));
         }
     }
-    println!(
-        "  Left behind: {}",
-        if left.is_empty() {
-            "nothing (no ports, veths, registrations or addresses)".to_string()
-        } else {
-            left.join("; ")
-        }
-    );
-    println!("Tearing down the simulated hosts, etcd and the underlay...");
-    drop(c);
-    println!("Done.");
-    if !left.is_empty() {
-        bail!("something was left behind");
-    }
-    Ok(())
+    Ok(left)
 }
