@@ -191,70 +191,9 @@ pub fn join_with(
                 check_agrees(net, &rec, o)?;
                 rec
             }
-            None => {
-                let used = store
-                    .read(&[Read::prefix(&vnis_prefix())])
-                    .map_err(store_err)?;
-                let owners = vnis::owners(&used[0]);
-                let (vni, reserved) = match o.vni {
-                    Some(v) => match owners.get(&v) {
-                        Some(holder) if holder != net => {
-                            return Err(Error::config(format!(
-                                "vni {v} is already used by network {holder}"
-                            )))
-                        }
-                        held => (v, held.is_some()),
-                    },
-                    None => vnis::choose(net, &on_bridge(), &owners).ok_or_else(|| {
-                        Error::new(
-                            weft_cni::error::POOL_EXHAUSTED,
-                            format!("all {MAX_VNI} VNIs are taken"),
-                        )
-                    })?,
-                };
-                let rec = NetworkRecord {
-                    vni,
-                    tunnel: o.tunnel,
-                    port: o.port,
-                };
-                compares.push(Compare::Absent(network_key(net)));
-                writes.push(Write::Put(network_key(net), to_vec(&rec)));
-                if reserved {
-                    // An agent re-reserved it for this network after a wipe.
-                    compares.push(Compare::ValueIs(vni_key(vni), net.as_bytes().to_vec()));
-                } else {
-                    compares.push(Compare::Absent(vni_key(vni)));
-                    writes.push(Write::Put(vni_key(vni), net.as_bytes().to_vec()));
-                }
-                rec
-            }
+            None => new_network(store, net, o, &mut on_bridge, &mut compares, &mut writes)?,
         };
-        match nodes.iter().find(|n| n.name == me.name) {
-            Some(n) if n.ip == me.ip => {}
-            Some(n) => {
-                let (rev, lease) = r[3]
-                    .kvs
-                    .iter()
-                    .find(|kv| last_segment(&kv.key) == n.name)
-                    .map_or((0, 0), |kv| (kv.mod_revision, kv.lease));
-                // A new underlay address under the agent's lease, not
-                // outside it: a registration without a lease would outlive
-                // the host.
-                compares.push(Compare::ModRevision(node_key(&me.name), rev));
-                writes.push(Write::PutLeased(node_key(&me.name), to_vec(me), lease));
-            }
-            // This host's agent spoke lately: registration is its job, under
-            // its lease (it is between sessions, or its lease just lapsed).
-            // A registration written here would have no lease and outlive
-            // the host.
-            None if agent_alive => {}
-            // No agent here: the registration lasts until `weftctl cleanup`
-            // or `weftctl gc --forget-node`.
-            None => {
-                compares.push(Compare::Absent(node_key(&me.name)));
-                writes.push(Write::Put(node_key(&me.name), to_vec(me)));
-            }
-        }
+        register(me, &nodes, &r[3], agent_alive, &mut compares, &mut writes);
         if r[1].kvs.is_empty() {
             compares.push(Compare::Absent(member_key(net, &me.name)));
             writes.push(Write::Put(member_key(net, &me.name), Vec::new()));
@@ -280,6 +219,92 @@ pub fn join_with(
         weft_cni::error::TRY_AGAIN_LATER,
         "etcd registry kept changing under us; try again",
     ))
+}
+
+/// A network without a record: its VNI (the configured one, or one neither
+/// the registry nor this bridge uses), written with the record in the same
+/// transaction as the caller's other writes.
+fn new_network(
+    store: &mut impl Store,
+    net: &str,
+    o: &Overlay,
+    on_bridge: &mut impl FnMut() -> HashMap<String, u32>,
+    compares: &mut Vec<Compare>,
+    writes: &mut Vec<Write>,
+) -> Result<NetworkRecord> {
+    let used = store
+        .read(&[Read::prefix(&vnis_prefix())])
+        .map_err(store_err)?;
+    let owners = vnis::owners(&used[0]);
+    let (vni, reserved) = match o.vni {
+        Some(v) => match owners.get(&v) {
+            Some(holder) if holder != net => {
+                return Err(Error::config(format!(
+                    "vni {v} is already used by network {holder}"
+                )))
+            }
+            held => (v, held.is_some()),
+        },
+        None => vnis::choose(net, &on_bridge(), &owners).ok_or_else(|| {
+            Error::new(
+                weft_cni::error::POOL_EXHAUSTED,
+                format!("all {MAX_VNI} VNIs are taken"),
+            )
+        })?,
+    };
+    let rec = NetworkRecord {
+        vni,
+        tunnel: o.tunnel,
+        port: o.port,
+    };
+    compares.push(Compare::Absent(network_key(net)));
+    writes.push(Write::Put(network_key(net), to_vec(&rec)));
+    if reserved {
+        // An agent re-reserved it for this network after a wipe.
+        compares.push(Compare::ValueIs(vni_key(vni), net.as_bytes().to_vec()));
+    } else {
+        compares.push(Compare::Absent(vni_key(vni)));
+        writes.push(Write::Put(vni_key(vni), net.as_bytes().to_vec()));
+    }
+    Ok(rec)
+}
+
+/// This node's registration, unless it is already right or is the agent's
+/// to write.
+fn register(
+    me: &NodeRecord,
+    nodes: &[NodeRecord],
+    node_kvs: &ReadResult,
+    agent_alive: bool,
+    compares: &mut Vec<Compare>,
+    writes: &mut Vec<Write>,
+) {
+    match nodes.iter().find(|n| n.name == me.name) {
+        Some(n) if n.ip == me.ip => {}
+        Some(n) => {
+            let (rev, lease) = node_kvs
+                .kvs
+                .iter()
+                .find(|kv| last_segment(&kv.key) == n.name)
+                .map_or((0, 0), |kv| (kv.mod_revision, kv.lease));
+            // A new underlay address under the agent's lease, not
+            // outside it: a registration without a lease would outlive
+            // the host.
+            compares.push(Compare::ModRevision(node_key(&me.name), rev));
+            writes.push(Write::PutLeased(node_key(&me.name), to_vec(me), lease));
+        }
+        // This host's agent spoke lately: registration is its job, under
+        // its lease (it is between sessions, or its lease just lapsed).
+        // A registration written here would have no lease and outlive
+        // the host.
+        None if agent_alive => {}
+        // No agent here: the registration lasts until `weftctl cleanup`
+        // or `weftctl gc --forget-node`.
+        None => {
+            compares.push(Compare::Absent(node_key(&me.name)));
+            writes.push(Write::Put(node_key(&me.name), to_vec(me)));
+        }
+    }
 }
 
 /// The view of `net` without writing anything: for the agent and weftctl.
