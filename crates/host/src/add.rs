@@ -187,6 +187,46 @@ fn next_hop(route: &Route, ips: &[IpConfig]) -> Option<IpAddr> {
     })
 }
 
+/// The external_ids of a container's port: whose attachment it is.
+fn port_ids(
+    network: &str,
+    cid: &str,
+    ifname: &str,
+    netns: &str,
+    pod_name: Option<&str>,
+    pod_namespace: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut ids = vec![
+        (ids::NETWORK, network),
+        (ids::CONTAINER_ID, cid),
+        (ids::IFNAME, ifname),
+        (ids::NETNS, netns),
+    ];
+    ids.extend(pod_name.map(|p| (ids::POD_NAME, p)));
+    ids.extend(pod_namespace.map(|n| (ids::POD_NAMESPACE, n)));
+    ids.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// What the IPAM plugin printed, as a result with at least one address.
+fn ipam_result(out: Option<&serde_json::Value>, ipam_type: &str) -> Result<CniResult> {
+    let out = out.ok_or_else(|| {
+        Error::new(
+            error::DELEGATE_FAILURE,
+            format!("{ipam_type} returned no result"),
+        )
+    })?;
+    let ipam = CniResult::from_value(out)?;
+    if ipam.ips.is_empty() {
+        return Err(Error::new(
+            error::DELEGATE_FAILURE,
+            format!("{ipam_type} returned no addresses"),
+        ));
+    }
+    Ok(ipam)
+}
+
 /// ADD's result: the host end, then the container end (which IPAM's
 /// addresses name), IPAM's addresses and DNS, and the routes installed.
 fn assemble(
@@ -322,18 +362,6 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
     })?;
 
     let netns_str = netns_path.display().to_string();
-    let mut tags: Vec<(&str, &str)> = vec![
-        (ids::NETWORK, &cfg.network),
-        (ids::CONTAINER_ID, cid),
-        (ids::IFNAME, ifname),
-        (ids::NETNS, &netns_str),
-    ];
-    if let Some(pod) = &ctx.env.args.k8s_pod_name {
-        tags.push((ids::POD_NAME, pod));
-    }
-    if let Some(ns) = &ctx.env.args.k8s_pod_namespace {
-        tags.push((ids::POD_NAMESPACE, ns));
-    }
     // Before it is up, so it never gets a link-local address (`hostend`).
     hostend::disable_ipv6(&host_name)?;
     // Without the openvswitch module the datapath can only be netdev, whose
@@ -362,10 +390,14 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         )?),
         (None, hint) => hint,
     };
-    let external_ids: Vec<(String, String)> = tags
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let external_ids = port_ids(
+        &cfg.network,
+        cid,
+        ifname,
+        &netns_str,
+        ctx.env.args.k8s_pod_name.as_deref(),
+        ctx.env.args.k8s_pod_namespace.as_deref(),
+    );
     let gw_name = names::gateway_port(&cfg.network);
     let (mut spec, mut lookups) = attach_plan(
         cfg,
@@ -487,18 +519,7 @@ pub fn add(ctx: &Context, cfg: &Config) -> Result<CniResult> {
         .transpose()?
         .flatten();
     phase("ipam done");
-    let ipam = CniResult::from_value(&ipam_out.ok_or_else(|| {
-        Error::new(
-            error::DELEGATE_FAILURE,
-            format!("{} returned no result", cfg.ipam_type),
-        )
-    })?)?;
-    if ipam.ips.is_empty() {
-        return Err(Error::new(
-            error::DELEGATE_FAILURE,
-            format!("{} returned no addresses", cfg.ipam_type),
-        ));
-    }
+    let ipam = ipam_result(ipam_out.as_ref(), &cfg.ipam_type)?;
 
     for ip in &ipam.ips {
         nl.add_address(&cont.handle, link.index, ip.address)?;
@@ -654,6 +675,37 @@ mod tests {
         assert_eq!(r.ips[0].address, ipam.ips[0].address);
         assert_eq!(r.routes, routes);
         assert_eq!(r.dns, ipam.dns);
+    }
+
+    #[test]
+    fn port_ids_name_the_attachment_and_the_pod_when_known() {
+        let ids = port_ids("blue", "c1", "eth0", "/run/netns/x", Some("p"), None);
+        let keys: Vec<&str> = ids.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "weft.network",
+                "weft.container_id",
+                "weft.ifname",
+                "weft.netns",
+                "weft.k8s_pod_name"
+            ]
+        );
+        assert_eq!(ids[3].1, "/run/netns/x");
+        assert_eq!(port_ids("blue", "c1", "eth0", "/n", None, None).len(), 4);
+    }
+
+    #[test]
+    fn an_ipam_result_needs_an_address() {
+        let e = ipam_result(None, "host-local").unwrap_err();
+        assert_eq!(e.code, error::DELEGATE_FAILURE);
+        let none = json!({"cniVersion": "1.0.0", "ips": []});
+        assert!(ipam_result(Some(&none), "host-local")
+            .unwrap_err()
+            .msg
+            .contains("no addresses"));
+        let one = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.5/16"}]});
+        assert_eq!(ipam_result(Some(&one), "host-local").unwrap().ips.len(), 1);
     }
 
     #[test]
